@@ -1,0 +1,271 @@
+"""Convert an original apple/ml-ferret checkpoint to the transformers-native Ferret format.
+
+    python conversion/convert_ferret_original.py --model-path FERRET_DIR --output-dir OUT [--vision-tower CLIP_DIR]
+    python conversion/convert_ferret_original.py --delta-path DELTA_DIR --base-model-path VICUNA_DIR --output-dir OUT \
+        --vision-tower CLIP_DIR
+
+The original checkpoint is a Llama state dict (`model.*`, `lm_head.*`) plus `model.mm_projector.*` and
+`model.region_geo_sampler.*`, a config with `mm_*` fields, and a slow SentencePiece tokenizer with `<region_fea>`.
+The vision tower is not in the released checkpoints: it is read from `<model-path>/vision_tower/` when present,
+otherwise from `--vision-tower` (a local `openai/clip-vit-large-patch14-336` folder or Hub id).
+
+Released Ferret weights are deltas over Vicuna v1.3: `--delta-path` + `--base-model-path` first add the base
+exactly as the original `apply_delta` does (in float16; the 18 projector/sampler tensors and the `<region_fea>`
+row are absolute values).
+
+The output gains one token, `<image>` (the processor writes one per image feature). Its embedding row is the
+mean of the others and its `lm_head` row is zero, and generation suppresses it, so the original vocabulary's
+logits are unchanged. Pickled weights are only ever read with `weights_only=True`.
+"""
+
+import argparse
+import gc
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, GenerationConfig, LlamaConfig
+
+from transformers_ferret import FerretConfig, FerretForConditionalGeneration
+from transformers_ferret.image_processing_ferret import FerretImageProcessorPil
+from transformers_ferret.processing_ferret import FerretProcessor
+from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+
+# Keys of the original checkpoint that are not Llama weights: absolute values in the released deltas
+# (the list the original apply_delta asserts on).
+MULTIMODAL_KEYS = {
+    f"model.{module}.{param}"
+    for module in (
+        "mm_projector",
+        "region_geo_sampler.diff_projector_list.0",
+        "region_geo_sampler.diff_projector_list.1",
+        "region_geo_sampler.agg_projector_list.0.net.0",
+        "region_geo_sampler.agg_projector_list.0.norm",
+        "region_geo_sampler.agg_projector_list.1.net.0",
+        "region_geo_sampler.agg_projector_list.1.norm",
+        "region_geo_sampler.flatten_projector",
+        "region_geo_sampler.dim_projector",
+    )
+    for param in ("weight", "bias")
+}
+
+# (original key pattern, new key template). Applied in order; the first match wins.
+KEY_RENAMES = [
+    (r"^model\.(embed_tokens|layers|norm)\.", r"model.language_model.\1."),
+    (r"^lm_head\.", r"lm_head."),
+    (r"^model\.mm_projector\.(weight|bias)$", r"model.multi_modal_projector.linear_1.\1"),
+    (r"^model\.mm_projector\.0\.", r"model.multi_modal_projector.linear_1."),
+    (r"^model\.mm_projector\.2\.", r"model.multi_modal_projector.linear_2."),
+    (r"^model\.region_geo_sampler\.diff_projector_list\.(\d+)\.", r"model.region_sampler.layers.\1.neighbor_projection."),
+    (r"^model\.region_geo_sampler\.agg_projector_list\.(\d+)\.net\.0\.", r"model.region_sampler.layers.\1.fusion."),
+    (r"^model\.region_geo_sampler\.agg_projector_list\.(\d+)\.norm\.", r"model.region_sampler.layers.\1.norm."),
+    (r"^model\.region_geo_sampler\.flatten_projector\.", r"model.region_sampler.flatten_projection."),
+    (r"^model\.region_geo_sampler\.dim_projector\.", r"model.region_sampler.output_projection."),
+    (r"^model\.vision_tower\.vision_tower\.vision_model\.", r"model.vision_tower."),
+]
+DROPPED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's weight files: safetensors or pickled `.bin`, single or sharded."""
+    for index_name, single_name in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        if (model_dir / index_name).is_file():
+            weight_map = json.loads((model_dir / index_name).read_text())["weight_map"]
+            return [model_dir / name for name in sorted(set(weight_map.values()))]
+        if (model_dir / single_name).is_file():
+            return [model_dir / single_name]
+    raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin (single or sharded) in {model_dir}.")
+
+
+def load_state_dict(model_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Reads every shard (pickles with `weights_only=True` only), with a progress bar over the shards."""
+    files = _weight_files(Path(model_dir))
+    state_dict = {}
+    for path in tqdm(files, desc=f"Loading {Path(model_dir).name}", disable=len(files) == 1):
+        if path.suffix == ".safetensors":
+            state_dict.update(load_file(path))
+        else:
+            state_dict.update(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    return state_dict
+
+
+def apply_delta(base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Ferret's `apply_delta`, in float16 as the original: delta + base, with the original's three cases.
+
+    * a key absent from the base must be one of the 18 projector/sampler tensors and is kept as is;
+    * equal shapes: delta += base;
+    * `model.embed_tokens.weight` / `lm_head.weight` with more rows than the base: base is added to the
+      top-left block, the extra rows (`<region_fea>`) stay absolute.
+    """
+    target = {}
+    for name, delta_tensor in tqdm(delta.items(), desc="Applying delta", disable=len(delta) < 1000):
+        delta_tensor = delta_tensor.to(torch.float16)
+        if name not in base:
+            if name not in MULTIMODAL_KEYS and not DROPPED_KEYS.search(name):
+                raise ValueError(f"Delta key {name!r} is neither in the base model nor a Ferret multimodal key.")
+            target[name] = delta_tensor
+            continue
+        base_tensor = base[name].to(torch.float16)
+        if base_tensor.shape == delta_tensor.shape:
+            target[name] = delta_tensor + base_tensor
+        elif name in ("model.embed_tokens.weight", "lm_head.weight"):
+            rows, cols = base_tensor.shape
+            summed = delta_tensor.clone()
+            summed[:rows, :cols] += base_tensor
+            target[name] = summed
+        else:
+            raise ValueError(
+                f"Delta key {name!r} has shape {tuple(delta_tensor.shape)} but the base has {tuple(base_tensor.shape)}."
+            )
+    return target
+
+
+def build_config(original: dict, vision_config: CLIPVisionConfig) -> FerretConfig:
+    """FerretConfig from an original Ferret `config.json` (dict) and the CLIP vision config it used."""
+    text_fields = (
+        "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "hidden_act", "max_position_embeddings", "rms_norm_eps", "initializer_range", "bos_token_id",
+        "eos_token_id", "pad_token_id", "rope_theta",
+    )  # fmt: skip
+    text_kwargs = {name: original[name] for name in text_fields if original.get(name) is not None}
+    if original.get("rope_scaling"):
+        raise ValueError("Original checkpoints with `rope_scaling` are not supported by this converter.")
+    vocab_size = original["vocab_size"]
+    text_config = LlamaConfig(vocab_size=vocab_size + 1, tie_word_embeddings=False, **text_kwargs)
+    select_feature = original.get("mm_vision_select_feature", "patch")
+    if select_feature not in ("patch", "cls_patch"):
+        raise ValueError(f"Unsupported mm_vision_select_feature {select_feature!r}.")
+    projector_type = original.get("mm_projector_type", "linear")
+    return FerretConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_index=vocab_size,
+        region_token_index=original["im_region_fea_token"],
+        vision_feature_layer=original.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy="default" if select_feature == "patch" else "full",
+        projector_type=projector_type,
+        sampler_pooler_mode=original.get("sampler_pooler_mode", "mean"),
+        sampler_transposed_read=True,
+    )
+
+
+def convert_state_dict(original: dict[str, torch.Tensor], config: FerretConfig) -> dict[str, torch.Tensor]:
+    """Renames original keys to ours, drops rotary buffers, squeezes the sampler's Conv1d kernels and adds the
+    `<image>` row (embedding = mean of the other rows, `lm_head` row = 0)."""
+    converted = {}
+    for name, tensor in original.items():
+        if DROPPED_KEYS.search(name):
+            continue
+        for pattern, replacement in KEY_RENAMES:
+            if re.search(pattern, name):
+                new_name = re.sub(pattern, replacement, name)
+                break
+        else:
+            raise ValueError(f"Unexpected key in the original checkpoint: {name!r}.")
+        if new_name.endswith(".fusion.weight") and tensor.dim() == 3:
+            tensor = tensor.squeeze(-1)  # Conv1d(kernel_size=1) == Linear over channels
+        converted[new_name] = tensor
+
+    image_token = config.image_token_id
+    for name, new_row in (
+        ("model.language_model.embed_tokens.weight", lambda weight: weight.float().mean(0, keepdim=True)),
+        ("lm_head.weight", lambda weight: torch.zeros_like(weight[:1])),
+    ):
+        weight = converted[name]
+        if weight.shape[0] != image_token:
+            raise ValueError(f"{name} has {weight.shape[0]} rows; expected the original vocabulary of {image_token}.")
+        converted[name] = torch.cat([weight, new_row(weight).to(weight.dtype)])
+    return converted
+
+
+def load_vision_tower(model_path: Path | None, vision_tower: str | None) -> CLIPVisionModel:
+    """The CLIP tower: `<model_path>/vision_tower` if present (the original loader's preference), else `vision_tower`."""
+    local = model_path / "vision_tower" if model_path is not None else None
+    source = str(local) if local is not None and local.is_dir() else vision_tower
+    if source is None:
+        raise ValueError("The checkpoint has no vision_tower/ folder: pass --vision-tower (a CLIP vision folder or Hub id).")
+    return CLIPVisionModel.from_pretrained(source)
+
+
+def build_processor(tokenizer_dir: Path, vision_config: CLIPVisionConfig, clip_dir: str | None) -> FerretProcessor:
+    """Tokenizer with `<image>` and `<region_fea>`, Ferret's stretch-to-square image processor, Vicuna chat template."""
+    tokenizer = convert_original_tokenizer(tokenizer_dir)
+    image_kwargs = {}
+    if clip_dir is not None and (Path(clip_dir) / "preprocessor_config.json").is_file():
+        clip_processor = CLIPImageProcessor.from_pretrained(clip_dir)
+        image_kwargs = {"image_mean": list(clip_processor.image_mean), "image_std": list(clip_processor.image_std)}
+    side = vision_config.image_size
+    image_processor = FerretImageProcessorPil(size={"height": side, "width": side}, **image_kwargs)
+    return FerretProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=vision_config.patch_size)
+
+
+def convert(
+    output_dir: str,
+    model_path: str | None = None,
+    vision_tower: str | None = None,
+    delta_path: str | None = None,
+    base_model_path: str | None = None,
+    dtype: str | None = None,
+) -> None:
+    """Writes `output_dir` with safetensors weights, config, generation config and processor files."""
+    if (delta_path is None) == (model_path is None):
+        raise ValueError("Pass either --model-path, or --delta-path with --base-model-path.")
+    if delta_path is not None and base_model_path is None:
+        raise ValueError("--delta-path needs --base-model-path (the Vicuna v1.3 weights the delta was made against).")
+    source = Path(delta_path or model_path)
+    original_config = json.loads((source / "config.json").read_text())
+    if "mm_vision_tower" not in original_config or "im_region_fea_token" not in original_config:
+        raise ValueError(f"{source}/config.json is not an original Ferret config (no mm_vision_tower/im_region_fea_token).")
+
+    clip = load_vision_tower(source, vision_tower)
+    config = build_config(original_config, clip.config)
+    weights = load_state_dict(source)
+    if delta_path is not None:
+        weights = apply_delta(load_state_dict(base_model_path), weights)
+    state_dict = convert_state_dict(weights, config)
+    del weights
+    state_dict.update({f"model.vision_tower.{name}": tensor for name, tensor in clip.state_dict().items()})
+    del clip
+    gc.collect()
+
+    torch_dtype = getattr(torch, dtype) if dtype else state_dict["lm_head.weight"].dtype
+    state_dict = {name: tensor.to(torch_dtype) for name, tensor in state_dict.items()}
+    with torch.device("meta"):
+        model = FerretForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    if missing or unexpected:
+        raise ValueError(f"Converted weights do not fit the model: missing {missing}, unexpected {unexpected}.")
+    model.config.dtype = torch_dtype
+    model.generation_config = GenerationConfig(
+        bos_token_id=original_config.get("bos_token_id", 1),
+        eos_token_id=original_config.get("eos_token_id", 2),
+        pad_token_id=original_config.get("pad_token_id", 0),
+        suppress_tokens=[config.image_token_id],
+    )
+    model.save_pretrained(output_dir)
+    processor = build_processor(source, config.vision_config, vision_tower or original_config.get("mm_vision_tower"))
+    processor.save_pretrained(output_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-path", help="original Ferret checkpoint folder (delta already applied)")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--vision-tower", help="CLIP vision folder or Hub id, used when the checkpoint has no vision_tower/")
+    parser.add_argument("--delta-path", help="Apple's released Ferret delta folder")
+    parser.add_argument("--base-model-path", help="Vicuna v1.3 folder the delta applies to")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: the checkpoint's")
+    args = parser.parse_args(argv)
+    convert(args.output_dir, args.model_path, args.vision_tower, args.delta_path, args.base_model_path, args.dtype)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""PyTorch Ferret: a LLaVA-style vision-language model that also takes referred regions as input."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_utils import PreTrainedModel
+
+from .configuration_ferret import FerretConfig
+from .modeling_ferret_sampler import FerretRegionSampler
+
+
+@dataclass
+class FerretModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.Tensor` of shape `(num_image_tokens_in_batch, hidden_size)`, *optional*):
+        Projected image features that replaced the `<image>` tokens.
+    region_hidden_states (`torch.Tensor` of shape `(num_regions_in_batch, hidden_size)`, *optional*):
+        Sampler outputs that replaced the region tokens, in order of appearance.
+    """
+
+    image_hidden_states: torch.Tensor | None = None
+    region_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class FerretCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.Tensor` of shape `(1,)`, *optional*): next-token loss, when `labels` are given.
+    logits (`torch.Tensor` of shape `(batch_size, sequence_length, vocab_size)`): language-model head scores.
+    image_hidden_states / region_hidden_states: as in [`FerretModelOutputWithPast`].
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor] | None = None
+    attentions: tuple[torch.Tensor] | None = None
+    image_hidden_states: torch.Tensor | None = None
+    region_hidden_states: torch.Tensor | None = None
+
+
+class FerretMultiModalProjector(nn.Module):
+    """Vision width -> language width: one linear layer (`"linear"`) or linear-GELU-linear (`"mlp2x_gelu"`)."""
+
+    def __init__(self, config: FerretConfig, input_dim: int | None = None):
+        super().__init__()
+        input_dim = input_dim if input_dim is not None else config.vision_config.hidden_size
+        hidden_size = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(input_dim, hidden_size)
+        if config.projector_type == "mlp2x_gelu":
+            self.act = ACT2FN[config.projector_hidden_act]
+            self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.linear_1(image_features)
+        if hasattr(self, "linear_2"):
+            hidden_states = self.linear_2(self.act(hidden_states))
+        return hidden_states
+
+
+class FerretPreTrainedModel(PreTrainedModel):
+    config: FerretConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _no_split_modules = ["FerretRegionSampler"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False  # the region sampler has data-dependent shapes (valid-region selection)
+
+
+class FerretModel(FerretPreTrainedModel):
+    """Vision tower + projector + region sampler + language model (no LM head).
+
+    All multimodal work happens in `forward`, which is the only method TRL's trainer calls: image features
+    replace the `<image>` tokens and region features replace the region tokens, then the language model runs.
+    """
+
+    def __init__(self, config: FerretConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = FerretMultiModalProjector(config)
+        self.region_sampler = FerretRegionSampler(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_vision_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+    ) -> torch.Tensor:
+        """Unprojected vision features `[num_images, num_patches, vision_hidden]`, patches in raster order.
+
+        These are what the region sampler reads (the original Ferret samples raw CLIP features, not projected ones).
+        """
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = (
+            self.config.vision_feature_select_strategy
+            if vision_feature_select_strategy is None
+            else vision_feature_select_strategy
+        )
+        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        features = outputs.hidden_states[layer]
+        return features[:, 1:] if strategy == "default" else features
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Projected image features.
+
+        Returns:
+            `BaseModelOutputWithPooling` with `last_hidden_state` the unprojected features
+            `[num_images, num_patches, vision_hidden]` and `pooler_output` a list of per-image projected
+            features `[num_patches, hidden_size]`.
+        """
+        vision_features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        projected = self.multi_modal_projector(vision_features)
+        return BaseModelOutputWithPooling(last_hidden_state=vision_features, pooler_output=list(projected))
+
+    def _token_mask(
+        self, token_id: int, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """`[batch, seq]` bool mask of `token_id`, found by id or, without ids, by comparing embeddings."""
+        if input_ids is not None:
+            return input_ids == token_id
+        token_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+        return (inputs_embeds == token_embedding).all(-1)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """`[batch, seq, 1]` mask of the image tokens; ValueError when their count differs from the features'."""
+        image_mask = self._token_mask(self.config.image_token_id, input_ids, inputs_embeds)
+        num_tokens, num_features = int(image_mask.sum()), image_features.shape[0]
+        if num_tokens != num_features:
+            raise ValueError(
+                f"Image features and image tokens do not match, tokens: {num_tokens}, features: {num_features}"
+            )
+        return image_mask.unsqueeze(-1)
+
+    def get_region_features(
+        self,
+        vision_features: torch.Tensor,
+        region_points: torch.Tensor,
+        region_valid: torch.Tensor,
+        grid_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Region features `[num_regions, hidden_size]` from the unprojected features of their images.
+
+        Args:
+            vision_features: `[num_images, rows * cols, vision_hidden]`.
+            region_points: `[num_images, R, N, 2]` normalised `(x, y)` points, one row per image.
+            region_valid: `[num_images, R]` bool, which slots hold a region.
+            grid_size: `(rows, cols)` of the patch grid.
+        """
+        rows, cols = grid_size
+        feature_maps = vision_features.unflatten(1, (rows, cols)).permute(0, 3, 1, 2)  # [B, C, rows, cols]
+        return self.region_sampler(feature_maps, region_points, region_valid)
+
+    def _check_region_inputs(
+        self,
+        region_mask: torch.Tensor,
+        image_rows: torch.Tensor,
+        region_points: torch.Tensor | None,
+        region_counts: torch.Tensor | None,
+        num_images: int,
+    ) -> torch.Tensor:
+        """Validates region inputs against the region tokens; returns `[batch, R]` bool of valid slots."""
+        tokens_per_row = region_mask.sum(-1)
+        if region_points is None:
+            raise ValueError(
+                f"`input_ids` hold {int(tokens_per_row.sum())} region tokens but no `region_points` were given; "
+                "build the inputs with FerretProcessor(regions=...)."
+            )
+        batch_size = region_mask.shape[0]
+        if region_points.dim() != 4 or region_points.shape[0] != batch_size or region_points.shape[-1] != 2:
+            raise ValueError(
+                f"`region_points` must have shape [batch_size={batch_size}, max_regions, num_points, 2], "
+                f"got {tuple(region_points.shape)}."
+            )
+        if not torch.isfinite(region_points).all():
+            raise ValueError("`region_points` contain NaN or inf values.")
+        if region_counts is None:
+            region_counts = torch.full((batch_size,), region_points.shape[1], device=region_points.device)
+        region_counts = region_counts.to(tokens_per_row.device)
+        if not torch.equal(region_counts, tokens_per_row):
+            raise ValueError(
+                f"Each sample needs one region per region token: `region_counts` is {region_counts.tolist()} but the "
+                f"text holds {tokens_per_row.tolist()} region tokens per sample."
+            )
+        if (region_counts[~image_rows] > 0).any():
+            raise ValueError("Region tokens need an image: a sample with regions has no `<image>` tokens.")
+        if int(image_rows.sum()) != num_images:
+            raise ValueError(
+                f"With regions, every sample holds at most one image: {int(image_rows.sum())} samples have image "
+                f"tokens but `pixel_values` holds {num_images} images."
+            )
+        slots = torch.arange(region_points.shape[1], device=region_counts.device)
+        return slots.unsqueeze(0) < region_counts.unsqueeze(1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        region_points: torch.FloatTensor | None = None,
+        region_counts: torch.LongTensor | None = None,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> FerretModelOutputWithPast:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+            Token ids, with one `<image>` token per image feature and one region token per region (the processor
+            writes both).
+        pixel_values (`torch.FloatTensor` of shape `(num_images, 3, height, width)`): at most one image per sample
+            that has image tokens, in sample order.
+        region_points (`torch.FloatTensor` of shape `(batch_size, max_regions, num_points, 2)`):
+            Points sampled in each region's mask, normalised `(x / W, y / H)`; slot `r` of sample `b` belongs to
+            the `r`-th region token of sample `b`.
+        region_counts (`torch.LongTensor` of shape `(batch_size,)`): number of used slots per sample (default:
+            all slots).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = region_features = None
+        if pixel_values is not None:
+            vision_features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+            image_features = self.multi_modal_projector(vision_features).flatten(0, 1).to(inputs_embeds.dtype)
+            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
+
+        is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        region_mask = self._token_mask(self.config.region_token_id, input_ids, inputs_embeds)
+        if region_points is not None or (is_prefill and region_mask.any()):
+            if pixel_values is None:
+                raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
+            image_rows = image_mask.squeeze(-1).any(-1)
+            region_valid = self._check_region_inputs(
+                region_mask, image_rows, region_points, region_counts, pixel_values.shape[0]
+            )
+            patch_size = self.config.vision_config.patch_size
+            grid_size = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
+            region_features = self.get_region_features(
+                vision_features, region_points[image_rows], region_valid[image_rows], grid_size
+            ).to(inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(region_mask.unsqueeze(-1), region_features)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return FerretModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            region_hidden_states=region_features,
+        )
+
+
+class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
+    """Ferret with a language-model head: refers to regions given as input and grounds answers as box text."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: FerretConfig):
+        super().__init__(config)
+        self.model = FerretModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        region_points: torch.FloatTensor | None = None,
+        region_counts: torch.LongTensor | None = None,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> FerretCausalLMOutputWithPast:
+        r"""
+        Inputs as [`FerretModel.forward`], plus `labels` (`(batch_size, sequence_length)`, -100 = ignored) for the
+        next-token loss and `logits_to_keep` (compute logits for the last `n` positions only, 0 = all).
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            region_points=region_points,
+            region_counts=region_counts,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, kept, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return FerretCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            region_hidden_states=outputs.region_hidden_states,
+        )
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        region_points=None,
+        region_counts=None,
+        is_first_iteration=False,
+        **kwargs,
+    ):
+        """Passes image and region inputs to the prefill step only; decode steps reuse the KV cache."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            model_inputs["region_points"] = region_points
+            model_inputs["region_counts"] = region_counts
+        return model_inputs
+
+
+__all__ = ["FerretModel", "FerretForConditionalGeneration", "FerretPreTrainedModel"]

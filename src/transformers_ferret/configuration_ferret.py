@@ -92,10 +92,10 @@ class FerretConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.sampler_num_sub_points = list(self.sampler_num_sub_points)
         self.sampler_num_neighbors = list(self.sampler_num_neighbors)
+        self._check_sampler_stages()
 
-    def validate_architecture(self):
-        """Checks that the sampler's stages fit together (raised at construction, before any weight exists)."""
-        super().validate_architecture()
+    def _check_sampler_stages(self):
+        """ValueError unless every sampler stage keeps and groups at most the points it receives."""
         sub_points, neighbors = self.sampler_num_sub_points, self.sampler_num_neighbors
         if len(sub_points) == 0 or len(sub_points) != len(neighbors):
             raise ValueError(

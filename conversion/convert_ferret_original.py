@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, GenerationConfig, LlamaConfig
+from transformers import CLIPVisionConfig, CLIPVisionModel, GenerationConfig, LlamaConfig
 
 from transformers_ferret import FerretConfig, FerretForConditionalGeneration
 from transformers_ferret.image_processing_ferret import FerretImageProcessorPil
@@ -199,9 +199,10 @@ def build_processor(tokenizer_dir: Path, vision_config: CLIPVisionConfig, clip_d
     """Tokenizer with `<image>` and `<region_fea>`, Ferret's stretch-to-square image processor, Vicuna chat template."""
     tokenizer = convert_original_tokenizer(tokenizer_dir)
     image_kwargs = {}
-    if clip_dir is not None and (Path(clip_dir) / "preprocessor_config.json").is_file():
-        clip_processor = CLIPImageProcessor.from_pretrained(clip_dir)
-        image_kwargs = {"image_mean": list(clip_processor.image_mean), "image_std": list(clip_processor.image_std)}
+    clip_preprocessor = Path(clip_dir) / "preprocessor_config.json" if clip_dir is not None else None
+    if clip_preprocessor is not None and clip_preprocessor.is_file():
+        clip_settings = json.loads(clip_preprocessor.read_text())
+        image_kwargs = {key: clip_settings[key] for key in ("image_mean", "image_std") if key in clip_settings}
     side = vision_config.image_size
     image_processor = FerretImageProcessorPil(size={"height": side, "width": side}, **image_kwargs)
     return FerretProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=vision_config.patch_size)

@@ -7,6 +7,11 @@ from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 
+# Ferret-v2's tile grids (rows, cols): 1x1 ... 1x6, 2x2, 2x3 and their transposes.
+FERRET_V2_GRIDS = sorted({grid for rows, cols in [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (2, 2), (2, 3)]
+                          for grid in ((rows, cols), (cols, rows))})  # fmt: skip
+
+
 @strict
 class FerretConfig(PreTrainedConfig):
     r"""
@@ -40,6 +45,24 @@ class FerretConfig(PreTrainedConfig):
             normalised `(x, y)` reads the feature map at row `x`, column `y`; see
             `docs/design.md`). On for converted Ferret v1 / Ferret-UI checkpoints, off for new models.
         tie_word_embeddings (`bool`): whether `lm_head` shares the input embedding matrix.
+
+    Ferret-v2 (any resolution; all `None`/unused for Ferret v1):
+        tile_vision_config (`dict` or `PreTrainedConfig`, *optional*): encoder of the high-resolution tiles
+            (DINOv2 in the paper). Setting it turns on any-resolution tiling.
+        image_grid_pinpoints (`list[list[int]]`): candidate resolutions `[height, width]` in pixels, each a
+            multiple of `tile_size`; default = the paper's 14 grids (`FERRET_V2_GRIDS`) times `tile_size`.
+        tile_size (`int`): side of a tile in pixels (default `vision_config.image_size`). A grid of `rows x cols`
+            tiles adds `rows * cols * (tile_size // tile_patch_size) ** 2` image tokens after the global ones
+            (336 px, patch 14: 576 per tile, so 576 + 576 * tiles in all).
+        max_num_tiles (`int`): cap on tiles per image; a pinpoint with more tiles is a configuration error.
+        tile_vision_feature_layer (`int`): index into the tile encoder's `hidden_states` (its CLS is dropped).
+        tile_projector_type (`"linear"` or `"mlp2x_gelu"`): projector of the tile features (`MLP_l`).
+        region_feature_source (`"vision"` or `"projected"`): the sampler reads raw encoder features
+            (`"vision"`, as Ferret and Ferret-UI) or projected ones (`"projected"`, the paper's formula).
+        tile_feature_adapter (`bool`): under `"vision"`, a linear map from the tile encoder's width to the global
+            encoder's, required when the two widths differ.
+        global_upsample_mode (`"bilinear"` or `"nearest"`): how the global map is upsampled onto the merged tile
+            map before the two are added (Ferret-UI used nearest).
     """
 
     model_type = "ferret"
@@ -65,6 +88,12 @@ class FerretConfig(PreTrainedConfig):
             model_type="llama",
             init_kwargs={"vocab_size": 32002, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6},
         ),
+        "tile_vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="dinov2",
+            init_kwargs={"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14},
+            optional=True,
+        ),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -81,6 +110,15 @@ class FerretConfig(PreTrainedConfig):
     sampler_pooler_mode: Literal["max", "mean"] = "max"
     sampler_transposed_read: bool = False
     tie_word_embeddings: bool = False
+    tile_vision_config: dict | PreTrainedConfig | None = None
+    image_grid_pinpoints: list[list[int]] | None = None
+    tile_size: int | None = None
+    max_num_tiles: int = 6
+    tile_vision_feature_layer: int = -1
+    tile_projector_type: Literal["linear", "mlp2x_gelu"] = "mlp2x_gelu"
+    region_feature_source: Literal["vision", "projected"] = "vision"
+    tile_feature_adapter: bool = False
+    global_upsample_mode: Literal["bilinear", "nearest"] = "bilinear"
 
     def __post_init__(self, **kwargs):
         if "mm_vision_tower" in kwargs or "region_geo_sampler" in kwargs:
@@ -93,6 +131,43 @@ class FerretConfig(PreTrainedConfig):
         self.sampler_num_sub_points = list(self.sampler_num_sub_points)
         self.sampler_num_neighbors = list(self.sampler_num_neighbors)
         self._check_sampler_stages()
+        if self.is_any_resolution:
+            self.tile_size = self.tile_size or self.vision_config.image_size
+            if self.image_grid_pinpoints is None:
+                self.image_grid_pinpoints = [[rows * self.tile_size, cols * self.tile_size] for rows, cols in FERRET_V2_GRIDS]
+            self.image_grid_pinpoints = [list(pinpoint) for pinpoint in self.image_grid_pinpoints]
+            self._check_any_resolution()
+
+    @property
+    def is_any_resolution(self) -> bool:
+        """Ferret-v2: a tile encoder is configured."""
+        return self.tile_vision_config is not None
+
+    @property
+    def image_grids(self) -> list[tuple[int, int]]:
+        """The `(rows, cols)` tile grid of every pinpoint."""
+        return [(height // self.tile_size, width // self.tile_size) for height, width in self.image_grid_pinpoints]
+
+    def _check_any_resolution(self):
+        """ValueError for pinpoints off the tile lattice, grids over the tile cap, or unfused encoder widths."""
+        for height, width in self.image_grid_pinpoints:
+            if height <= 0 or width <= 0 or height % self.tile_size or width % self.tile_size:
+                raise ValueError(
+                    f"`image_grid_pinpoints` entry [{height}, {width}] is not a positive multiple of the tile size "
+                    f"{self.tile_size}."
+                )
+        too_many = [grid for grid in self.image_grids if grid[0] * grid[1] > self.max_num_tiles]
+        if too_many:
+            raise ValueError(
+                f"`image_grid_pinpoints` has grids {too_many} with more tiles than `max_num_tiles={self.max_num_tiles}`."
+            )
+        global_width, tile_width = self.vision_config.hidden_size, self.tile_vision_config.hidden_size
+        if self.region_feature_source == "vision" and global_width != tile_width and not self.tile_feature_adapter:
+            raise ValueError(
+                f"With `region_feature_source='vision'` the sampler adds tile features (width {tile_width}) to global "
+                f"features (width {global_width}); set `tile_feature_adapter=True` to map one onto the other, or use "
+                "`region_feature_source='projected'`."
+            )
 
     def _check_sampler_stages(self):
         """ValueError unless every sampler stage keeps and groups at most the points it receives."""

@@ -12,6 +12,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.modeling_utils import PreTrainedModel
 
 from .configuration_ferret import FerretConfig
+from .modeling_ferret_anyres import merge_tiles, merged_map_extent, tile_valid_mask, upsample_global_maps
 from .modeling_ferret_sampler import FerretRegionSampler
 
 
@@ -26,6 +27,23 @@ class FerretModelOutputWithPast(BaseModelOutputWithPast):
 
     image_hidden_states: torch.Tensor | None = None
     region_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class FerretImageEncoding(ModelOutput):
+    r"""
+    What the image encoders give the rest of the model.
+
+    image_features (`torch.Tensor` of shape `(num_image_tokens_in_batch, hidden_size)`): projected features, one
+        per `<image>` token, image-major (Ferret-v2: each image's global tokens, then its merged tile map row by row).
+    region_maps (`torch.Tensor` of shape `(num_images, channels, rows, cols)`): the maps the region sampler reads.
+    map_extent (`torch.Tensor` of shape `(num_images, 2)`, *optional*): `(cols, rows)` fraction of each padded
+        region map that is real (Ferret-v2 batches with different grids).
+    """
+
+    image_features: torch.Tensor | None = None
+    region_maps: torch.Tensor | None = None
+    map_extent: torch.Tensor | None = None
 
 
 @dataclass
@@ -48,12 +66,13 @@ class FerretCausalLMOutputWithPast(ModelOutput):
 class FerretMultiModalProjector(nn.Module):
     """Vision width -> language width: one linear layer (`"linear"`) or linear-GELU-linear (`"mlp2x_gelu"`)."""
 
-    def __init__(self, config: FerretConfig, input_dim: int | None = None):
+    def __init__(self, config: FerretConfig, input_dim: int | None = None, projector_type: str | None = None):
         super().__init__()
         input_dim = input_dim if input_dim is not None else config.vision_config.hidden_size
+        projector_type = projector_type if projector_type is not None else config.projector_type
         hidden_size = config.text_config.hidden_size
         self.linear_1 = nn.Linear(input_dim, hidden_size)
-        if config.projector_type == "mlp2x_gelu":
+        if projector_type == "mlp2x_gelu":
             self.act = ACT2FN[config.projector_hidden_act]
             self.linear_2 = nn.Linear(hidden_size, hidden_size)
 
@@ -79,7 +98,8 @@ class FerretPreTrainedModel(PreTrainedModel):
 
 
 class FerretModel(FerretPreTrainedModel):
-    """Vision tower + projector + region sampler + language model (no LM head).
+    """Vision tower + projector + region sampler + language model (no LM head); Ferret-v2 adds a tile encoder
+    (DINOv2) with its own projector.
 
     All multimodal work happens in `forward`, which is the only method TRL's trainer calls: image features
     replace the `<image>` tokens and region features replace the region tokens, then the language model runs.
@@ -89,7 +109,15 @@ class FerretModel(FerretPreTrainedModel):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = FerretMultiModalProjector(config)
-        self.region_sampler = FerretRegionSampler(config)
+        if config.is_any_resolution:
+            tile_width = config.tile_vision_config.hidden_size
+            self.tile_vision_tower = AutoModel.from_config(config.tile_vision_config)
+            self.tile_projector = FerretMultiModalProjector(config, tile_width, config.tile_projector_type)
+            if config.tile_feature_adapter:
+                self.tile_feature_adapter = nn.Linear(tile_width, config.vision_config.hidden_size)
+        projected = config.region_feature_source == "projected"
+        sampler_width = config.text_config.hidden_size if projected else config.vision_config.hidden_size
+        self.region_sampler = FerretRegionSampler(config, sampler_width)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -120,23 +148,92 @@ class FerretModel(FerretPreTrainedModel):
         features = outputs.hidden_states[layer]
         return features[:, 1:] if strategy == "default" else features
 
+    def get_tile_features(self, pixel_values_tiles: torch.Tensor, image_grids: torch.Tensor) -> torch.Tensor:
+        """Unprojected tile-encoder features `[num_tiles, t * t, tile_hidden]` of every real tile, image-major.
+
+        Args:
+            pixel_values_tiles: `[num_images, max_tiles, 3, tile_size, tile_size]`, zero-padded after each image's
+                tiles.
+            image_grids: `[num_images, 2]` `(rows, cols)` of each image's tile grid.
+        """
+        tiles = pixel_values_tiles[tile_valid_mask(image_grids, pixel_values_tiles.shape[1])]
+        outputs = self.tile_vision_tower(tiles.to(self.tile_vision_tower.dtype), output_hidden_states=True)
+        patch = self.config.tile_vision_config.patch_size
+        num_patches = (tiles.shape[-2] // patch) * (tiles.shape[-1] // patch)
+        return outputs.hidden_states[self.config.tile_vision_feature_layer][:, -num_patches:]  # drop CLS/registers
+
+    def encode_images(
+        self,
+        pixel_values: torch.FloatTensor,
+        pixel_values_tiles: torch.FloatTensor | None = None,
+        image_grids: torch.LongTensor | None = None,
+        vision_feature_layer: int | None = None,
+        vision_feature_select_strategy: str | None = None,
+    ) -> FerretImageEncoding:
+        """Image tokens for the language model and the maps the region sampler reads.
+
+        Ferret v1: the global view's `(side / patch)^2` tokens per image, and their unprojected map.
+        Ferret-v2: per image the global tokens, then the merged tile map row by row; the region map is the merged
+        tile map plus the global map upsampled to its size (`H_a = H'_l + Upsample(H_g)`), raw or projected.
+        """
+        vision_features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        patch = self.config.vision_config.patch_size
+        grid_size = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        projected = self.multi_modal_projector(vision_features)
+        use_projected = self.config.region_feature_source == "projected"
+        global_maps = (projected if use_projected else vision_features).unflatten(1, grid_size)  # [B, rows, cols, D]
+        if not self.config.is_any_resolution:
+            return FerretImageEncoding(image_features=projected.flatten(0, 1), region_maps=global_maps.permute(0, 3, 1, 2))
+        if pixel_values_tiles is None or image_grids is None:
+            raise ValueError("Ferret-v2 needs `pixel_values_tiles` and `image_grids` together with `pixel_values`.")
+
+        tile_side = self.config.tile_size // self.config.tile_vision_config.patch_size
+        tile_features = self.get_tile_features(pixel_values_tiles, image_grids)
+        merged_projected, valid = merge_tiles(self.tile_projector(tile_features), image_grids, tile_side)
+        image_sequence = torch.cat([projected, merged_projected.flatten(1, 2)], 1)
+        token_valid = torch.cat([valid.new_ones(projected.shape[:2]), valid.flatten(1)], 1)
+
+        if use_projected:
+            merged_local = merged_projected
+        else:
+            adapted = self.tile_feature_adapter(tile_features) if hasattr(self, "tile_feature_adapter") else tile_features
+            merged_local = merge_tiles(adapted, image_grids, tile_side)[0]
+        upsampled = upsample_global_maps(
+            global_maps.permute(0, 3, 1, 2), image_grids, tile_side, self.config.global_upsample_mode
+        )
+        return FerretImageEncoding(
+            image_features=image_sequence[token_valid],
+            region_maps=(merged_local + upsampled).permute(0, 3, 1, 2),
+            map_extent=merged_map_extent(image_grids, tile_side),
+        )
+
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
+        pixel_values_tiles: torch.FloatTensor | None = None,
+        image_grids: torch.LongTensor | None = None,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Projected image features.
+        """Projected image features: `pooler_output` is a list of per-image `[num_tokens_i, hidden_size]` tensors
+        and `last_hidden_state` the `[num_images, channels, rows, cols]` maps the region sampler reads."""
+        encoding = self.encode_images(
+            pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy
+        )
+        tokens_per_image = self.num_image_tokens(pixel_values, image_grids)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=encoding.region_maps, pooler_output=list(encoding.image_features.split(tokens_per_image))
+        )
 
-        Returns:
-            `BaseModelOutputWithPooling` with `last_hidden_state` the unprojected features
-            `[num_images, num_patches, vision_hidden]` and `pooler_output` a list of per-image projected
-            features `[num_patches, hidden_size]`.
-        """
-        vision_features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
-        projected = self.multi_modal_projector(vision_features)
-        return BaseModelOutputWithPooling(last_hidden_state=vision_features, pooler_output=list(projected))
+    def num_image_tokens(self, pixel_values: torch.Tensor, image_grids: torch.Tensor | None = None) -> list[int]:
+        """Image tokens per image: the global patches, plus `rows * cols * t^2` tile patches for Ferret-v2."""
+        patch = self.config.vision_config.patch_size
+        global_tokens = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
+        if not self.config.is_any_resolution or image_grids is None:
+            return [global_tokens] * pixel_values.shape[0]
+        tile_side = self.config.tile_size // self.config.tile_vision_config.patch_size
+        return (global_tokens + image_grids.prod(-1) * tile_side**2).tolist()
 
     def _token_mask(
         self, token_id: int, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor
@@ -158,25 +255,6 @@ class FerretModel(FerretPreTrainedModel):
                 f"Image features and image tokens do not match, tokens: {num_tokens}, features: {num_features}"
             )
         return image_mask.unsqueeze(-1)
-
-    def get_region_features(
-        self,
-        vision_features: torch.Tensor,
-        region_points: torch.Tensor,
-        region_valid: torch.Tensor,
-        grid_size: tuple[int, int],
-    ) -> torch.Tensor:
-        """Region features `[num_regions, hidden_size]` from the unprojected features of their images.
-
-        Args:
-            vision_features: `[num_images, rows * cols, vision_hidden]`.
-            region_points: `[num_images, R, N, 2]` normalised `(x, y)` points, one row per image.
-            region_valid: `[num_images, R]` bool, which slots hold a region.
-            grid_size: `(rows, cols)` of the patch grid.
-        """
-        rows, cols = grid_size
-        feature_maps = vision_features.unflatten(1, (rows, cols)).permute(0, 3, 1, 2)  # [B, C, rows, cols]
-        return self.region_sampler(feature_maps, region_points, region_valid)
 
     def _check_region_inputs(
         self,
@@ -229,6 +307,8 @@ class FerretModel(FerretPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         region_points: torch.FloatTensor | None = None,
         region_counts: torch.LongTensor | None = None,
+        pixel_values_tiles: torch.FloatTensor | None = None,
+        image_grids: torch.LongTensor | None = None,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs,
@@ -244,6 +324,9 @@ class FerretModel(FerretPreTrainedModel):
             the `r`-th region token of sample `b`.
         region_counts (`torch.LongTensor` of shape `(batch_size,)`): number of used slots per sample (default:
             all slots).
+        pixel_values_tiles (`torch.FloatTensor` of shape `(num_images, max_tiles, 3, tile_size, tile_size)`):
+            Ferret-v2 only: each image's tiles in row-major grid order, zero-padded to `max_tiles`.
+        image_grids (`torch.LongTensor` of shape `(num_images, 2)`): Ferret-v2 only: `(rows, cols)` of each grid.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
@@ -252,8 +335,10 @@ class FerretModel(FerretPreTrainedModel):
 
         image_features = region_features = None
         if pixel_values is not None:
-            vision_features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
-            image_features = self.multi_modal_projector(vision_features).flatten(0, 1).to(inputs_embeds.dtype)
+            encoding = self.encode_images(
+                pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy
+            )
+            image_features = encoding.image_features.to(inputs_embeds.dtype)
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
 
@@ -266,10 +351,8 @@ class FerretModel(FerretPreTrainedModel):
             region_valid = self._check_region_inputs(
                 region_mask, image_rows, region_points, region_counts, pixel_values.shape[0]
             )
-            patch_size = self.config.vision_config.patch_size
-            grid_size = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
-            region_features = self.get_region_features(
-                vision_features, region_points[image_rows], region_valid[image_rows], grid_size
+            region_features = self.region_sampler(
+                encoding.region_maps, region_points[image_rows], region_valid[image_rows], encoding.map_extent
             ).to(inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(region_mask.unsqueeze(-1), region_features)
 
@@ -316,11 +399,15 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
+        pixel_values_tiles: torch.FloatTensor | None = None,
+        image_grids: torch.LongTensor | None = None,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        return self.model.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        return self.model.get_image_features(
+            pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy
+        )
 
     def forward(
         self,
@@ -332,6 +419,8 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         region_points: torch.FloatTensor | None = None,
         region_counts: torch.LongTensor | None = None,
+        pixel_values_tiles: torch.FloatTensor | None = None,
+        image_grids: torch.LongTensor | None = None,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         labels: torch.LongTensor | None = None,
@@ -351,6 +440,8 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             region_points=region_points,
             region_counts=region_counts,
+            pixel_values_tiles=pixel_values_tiles,
+            image_grids=image_grids,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             **kwargs,
@@ -378,14 +469,20 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         input_ids,
         region_points=None,
         region_counts=None,
+        pixel_values_tiles=None,
+        image_grids=None,
         is_first_iteration=False,
         **kwargs,
     ):
         """Passes image and region inputs to the prefill step only; decode steps reuse the KV cache."""
         model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
         if is_first_iteration or not kwargs.get("use_cache", True):
-            model_inputs["region_points"] = region_points
-            model_inputs["region_counts"] = region_counts
+            model_inputs.update(
+                region_points=region_points,
+                region_counts=region_counts,
+                pixel_values_tiles=pixel_values_tiles,
+                image_grids=image_grids,
+            )
         return model_inputs
 
 

@@ -22,7 +22,12 @@ from torch.nn import functional as F
 from .configuration_ferret import FerretConfig
 
 
-def sample_point_features(feature_maps: torch.Tensor, points: torch.Tensor, transposed_read: bool) -> torch.Tensor:
+def sample_point_features(
+    feature_maps: torch.Tensor,
+    points: torch.Tensor,
+    transposed_read: bool,
+    map_extent: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Bilinear feature read at normalised points (`align_corners=True`, zeros outside).
 
     Args:
@@ -30,12 +35,16 @@ def sample_point_features(feature_maps: torch.Tensor, points: torch.Tensor, tran
         points: `[B, P, 2]` normalised `(x, y)` of the points reading each map.
         transposed_read: read at row `x`, column `y` (the original Ferret code's convention) instead of
             row `y`, column `x`.
+        map_extent: `[B, 2]` optional `(cols, rows)` fraction of each padded map that holds the image (maps of
+            different sizes padded at the bottom/right to one shape); point `1.0` then reads the last real cell.
 
     Returns:
         `[B, P, C]` point features, in the dtype of `feature_maps`.
     """
-    grid_xy = points.flip(-1) if transposed_read else points
-    grid = (2 * grid_xy - 1).unsqueeze(2).float()  # [B, P, 1, 2], grid_sample wants (col, row) in [-1, 1]
+    grid_xy = points.flip(-1) if transposed_read else points  # (column, row) coordinates in [0, 1]
+    if map_extent is not None:
+        grid_xy = grid_xy * map_extent.unsqueeze(1)
+    grid = (2 * grid_xy - 1).unsqueeze(2).float()  # [B, P, 1, 2] in [-1, 1]
     sampled = F.grid_sample(feature_maps.float(), grid, mode="bilinear", align_corners=True)  # [B, C, P, 1]
     return sampled.squeeze(-1).transpose(1, 2).to(feature_maps.dtype)
 
@@ -151,7 +160,11 @@ class FerretRegionSampler(nn.Module):
         self.output_projection = nn.Linear(feature_dim, config.text_config.hidden_size)
 
     def forward(
-        self, feature_maps: torch.Tensor, region_points: torch.Tensor, region_valid: torch.Tensor | None = None
+        self,
+        feature_maps: torch.Tensor,
+        region_points: torch.Tensor,
+        region_valid: torch.Tensor | None = None,
+        map_extent: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -159,6 +172,8 @@ class FerretRegionSampler(nn.Module):
             region_points: `[B, R, N, 2]` normalised `(x, y)` points of up to `R` regions per image.
             region_valid: `[B, R]` bool, which of the `R` slots hold a region (default: all). Padding slots are
                 dropped after the feature read, before any set-abstraction work.
+            map_extent: `[B, 2]` optional `(cols, rows)` fraction of each padded map that is real (see
+                `sample_point_features`).
 
         Returns:
             `[num_valid_regions, hidden_size]` region features, image-major, in slot order.
@@ -167,7 +182,7 @@ class FerretRegionSampler(nn.Module):
         if region_valid is None:
             region_valid = torch.ones(batch_size, num_slots, dtype=torch.bool, device=region_points.device)
         point_features = sample_point_features(
-            feature_maps, region_points.reshape(batch_size, num_slots * num_points, 2), self.transposed_read
+            feature_maps, region_points.reshape(batch_size, num_slots * num_points, 2), self.transposed_read, map_extent
         ).view(batch_size, num_slots, num_points, -1)
         points = region_points[region_valid].float()  # [R, N, 2]
         features = point_features[region_valid].to(self.flatten_projection.weight.dtype)  # [R, N, C]

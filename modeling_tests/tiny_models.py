@@ -86,3 +86,51 @@ def batch_inputs(samples: list[dict], padding_side: str = "left") -> dict:
         "region_points": region_points,
         "region_counts": torch.tensor([sample["points"].shape[0] for sample in samples]),
     }
+
+
+# ---- Ferret-v2 (any resolution): tiny CLIP global encoder + tiny DINOv2 tile encoder ---------------------------
+
+TILE_SIDE_PATCHES = IMAGE_SIZE // PATCH_SIZE  # tiles are as large as the global view: 2 x 2 patches
+MAX_TILES = 6
+
+
+def tiny_ferret_v2_config(**overrides) -> FerretConfig:
+    from transformers import Dinov2Config
+
+    tile = Dinov2Config(
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2,
+    )  # fmt: skip
+    kwargs = dict(tile_vision_config=tile.to_dict(), projector_type="mlp2x_gelu", max_num_tiles=MAX_TILES)
+    kwargs.update(overrides)
+    return tiny_ferret_config(**kwargs)
+
+
+def tiny_ferret_v2_model(seed: int = 0, **overrides) -> FerretForConditionalGeneration:
+    torch.manual_seed(seed)
+    return FerretForConditionalGeneration(tiny_ferret_v2_config(**overrides)).eval()
+
+
+def num_v2_image_tokens(grid: tuple[int, int]) -> int:
+    return NUM_IMAGE_TOKENS + grid[0] * grid[1] * TILE_SIDE_PATCHES**2
+
+
+def make_v2_sample(grid: tuple[int, int], num_regions: int, seed: int = 0, text_len: int = 6) -> dict:
+    """A Ferret-v2 sample: global + tile image tokens for `grid`, regions, a global view and its tiles."""
+    sample = make_sample(num_regions, seed, text_len)
+    image_start = sample["ids"].index(IMAGE_TOKEN_ID)
+    sample["ids"][image_start : image_start + NUM_IMAGE_TOKENS] = [IMAGE_TOKEN_ID] * num_v2_image_tokens(grid)
+    generator = torch.Generator().manual_seed(2000 + seed)
+    sample["tiles"] = torch.randn(grid[0] * grid[1], 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    sample["grid"] = grid
+    return sample
+
+
+def batch_v2_inputs(samples: list[dict], padding_side: str = "left") -> dict:
+    inputs = batch_inputs(samples, padding_side)
+    tiles = torch.zeros(len(samples), MAX_TILES, 3, IMAGE_SIZE, IMAGE_SIZE)
+    for row, sample in enumerate(samples):
+        tiles[row, : len(sample["tiles"])] = sample["tiles"]
+    inputs["pixel_values_tiles"] = tiles
+    inputs["image_grids"] = torch.tensor([sample["grid"] for sample in samples])
+    return inputs

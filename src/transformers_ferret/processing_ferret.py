@@ -1,0 +1,379 @@
+# Copyright 2025 The transformers-ferret authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Processor for Ferret: images, text with referred regions, and grounded boxes in the output."""
+
+import bisect
+import re
+from itertools import accumulate
+from numbers import Number
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import get_image_size, make_flat_list_of_images, to_numpy_array
+from transformers.processing_utils import MultiModalData, ProcessorMixin
+
+from .region_utils import mask_to_points, normalize_region, parse_grounded_text
+
+
+FERRET_SYSTEM_PROMPT = (
+    "A chat between a human and an AI that understands visuals. In images, [x, y] denotes points: top-left [0, 0], "
+    "bottom-right [width-1, height-1]. Increasing x moves right; y moves down. Bounding box: [x1, y1, x2, y2]. "
+    "Image size: 1000x1000. Follow instructions. "
+)
+"""System text of the original `ferret_v1` conversation template (its trailing space is part of it)."""
+
+# Vicuna v1 as the original Ferret renders it: `<s>` + system + " " + "USER: <image>\n... " + "ASSISTANT: ...</s>" ...
+# ending with "ASSISTANT:" for generation. Images go first in their message; several text items are joined by "\n".
+# Every tag trims the whitespace around it, so only the quoted strings reach the output.
+DEFAULT_CHAT_TEMPLATE = """
+{%- macro render_content(content) -%}
+    {%- if content is string -%}
+        {{- content -}}
+    {%- else -%}
+        {%- for item in content if item.type == 'image' -%}
+            {{- '<image>\\n' -}}
+        {%- endfor -%}
+        {%- for item in content if item.type == 'text' -%}
+            {{- ('\\n' if not loop.first else '') + item.text -}}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+{{- bos_token -}}
+{%- if messages and messages[0].role == 'system' -%}
+    {{- render_content(messages[0].content) + ' ' -}}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {{- '@FERRET_SYSTEM_PROMPT@ ' -}}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if message.role == 'user' -%}
+        {{- 'USER: ' + render_content(message.content) + ' ' -}}
+    {%- elif message.role == 'assistant' -%}
+        {{- 'ASSISTANT: ' -}}
+        {%- generation -%}
+            {{- render_content(message.content) + eos_token -}}
+        {%- endgeneration -%}
+    {%- else -%}
+        {{- raise_exception('Ferret conversations have system, user and assistant messages, got ' + message.role) -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- 'ASSISTANT:' -}}
+{%- endif -%}
+""".replace("@FERRET_SYSTEM_PROMPT@", FERRET_SYSTEM_PROMPT)
+
+
+def _original_image_size(image) -> tuple[int, int]:
+    """`(height, width)` of an image given as PIL, numpy or torch (channels first or last)."""
+    if isinstance(image, Image.Image):
+        return image.height, image.width
+    return get_image_size(to_numpy_array(image))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Number) or (isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0)
+
+
+def _is_list_of_regions(value) -> bool:
+    return isinstance(value, (list, tuple)) and not any(_is_number(item) for item in value)
+
+
+def _compose_replacement_offsets(region_offsets: list[dict], image_offsets: list[dict]) -> list[dict]:
+    """
+    Chains two rounds of placeholder replacement of one sample: regions (original text -> text 1) then images (text 1
+    -> text 2), into `span` (original text) / `new_span` (text 2) entries sorted by position.
+    """
+    region_ends = [offset["new_span"][1] for offset in region_offsets]
+    region_gains = [0, *accumulate(len(o["replacement"]) - len(o["text"]) for o in region_offsets)]
+    image_ends = [offset["span"][1] for offset in image_offsets]
+    image_gains = [0, *accumulate(len(o["replacement"]) - len(o["text"]) for o in image_offsets)]
+    composed = []
+    for offset in region_offsets:
+        gain = image_gains[bisect.bisect_right(image_ends, offset["new_span"][0])]
+        composed.append({**offset, "new_span": tuple(position + gain for position in offset["new_span"])})
+    for offset in image_offsets:
+        gain = region_gains[bisect.bisect_right(region_ends, offset["span"][0])]
+        composed.append({**offset, "span": tuple(position - gain for position in offset["span"])})
+    return sorted(composed, key=lambda offset: offset["span"][0])
+
+
+class FerretProcessor(ProcessorMixin):
+    r"""
+    Constructs a Ferret processor: an image processor (e.g. [`FerretImageProcessorPil`]), a LLaMA tokenizer holding
+    the image and region tokens (see [`convert_original_tokenizer`]), and Ferret's conversation template.
+
+    Text refers to regions of its sample's image with the placeholder `<region>` (one per region, matched with
+    `regions` in order). The processor writes each one as the region's coordinate text followed by the region token,
+    e.g. `"[250, 416, 443, 541] <region_fea>"`, expands `<image>` to one image token per image feature, and samples the
+    points of every region mask for the model's region sampler. Region tokens already written in the text (with their
+    coordinates) also take a region from `regions`, without any text being added.
+
+    Args:
+        image_processor ([`FerretImageProcessorPil`]): the image processor.
+        tokenizer ([`PreTrainedTokenizerBase`]): the tokenizer.
+        chat_template (`str`, *optional*): Jinja template; defaults to [`DEFAULT_CHAT_TEMPLATE`] (Vicuna v1 with
+            Ferret's system text, byte for byte as the original).
+        patch_size (`int`, defaults to 14): patch size of the vision tower.
+        num_region_points (`int`, defaults to 512): points sampled in each region mask.
+        image_token (`str`, defaults to `"<image>"`): image placeholder token.
+        region_token (`str`, defaults to `"<region_fea>"`): token whose embedding the model replaces by the region's.
+        region_placeholder (`str`, defaults to `"<region>"`): what users write in the text where a region is referred.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        patch_size=14,
+        num_region_points=512,
+        image_token="<image>",
+        region_token="<region_fea>",
+        region_placeholder="<region>",
+        **kwargs,
+    ):
+        self.patch_size = patch_size
+        self.num_region_points = num_region_points
+        self.image_token = image_token
+        self.region_token = region_token
+        self.region_placeholder = region_placeholder
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.region_token_id = tokenizer.convert_tokens_to_ids(region_token)
+        for token, token_id in ((image_token, self.image_token_id), (region_token, self.region_token_id)):
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise ValueError(
+                    f"The tokenizer has no token {token!r}; add it as a special token "
+                    "(see `convert_original_tokenizer`)."
+                )
+        self._region_slot_pattern = re.compile(
+            "|".join(re.escape(slot) for slot in sorted({region_placeholder, region_token}, key=len, reverse=True))
+        )
+        chat_template = DEFAULT_CHAT_TEMPLATE if chat_template is None else chat_template
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    def __call__(self, images=None, text=None, regions=None, **kwargs) -> BatchFeature:
+        """
+        Prepares images, text and referred regions for the model.
+
+        Args:
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a (nested) list of them): one image per
+                `<image>` in `text`, in order.
+            text (`str` or `list[str]`): prompts with `<image>` and one `<region>` per referred region.
+            regions (`list`, *optional*): per sample, the list of its regions (an empty list for a sample without
+                regions); for a single sample the flat list is accepted. A region is a point `(x, y)`, a box
+                `(x1, y1, x2, y2)` in pixels of the original image, a `[height, width]` mask, or a dict
+                `{"point" | "box" | "mask": ...}` (see [`normalize_region`]).
+            region_generator (`torch.Generator`, *optional*): draws a random subset of the pixels of masks larger than
+                `num_region_points` (default: an evenly spaced deterministic subset).
+            **kwargs: image processor and tokenizer arguments (`return_tensors`, `padding`, `padding_side`, ...).
+
+        Returns:
+            [`BatchFeature`] with `input_ids`, `attention_mask`, `pixel_values` `[num_images, 3, height, width]`, and,
+            when a sample has regions, `region_points` float32 `[batch_size, max_regions, num_region_points, 2]`
+            (normalised `(x, y)`, zero rows after a sample's regions) and `region_counts` int64 `[batch_size]`.
+        """
+        region_generator = kwargs.pop("region_generator", None)
+        if images is not None:
+            images = self.image_processor.fetch_images(images)
+        if text is None:
+            if regions is not None:
+                raise ValueError("`regions` were given without `text`: refer to them with `<region>` in `text`.")
+            return super().__call__(images=images, text=text, **kwargs)
+
+        texts = [text] if isinstance(text, str) else list(text)
+        self.validate_inputs(images=images, text=texts)
+        images_per_sample = self._split_images_per_sample(images, texts)
+        regions_per_sample = self._split_regions_per_sample(regions, len(texts))
+        region_data = [
+            self._expand_regions(index, sample_text, sample_images, sample_regions, region_generator)
+            for index, (sample_text, sample_images, sample_regions) in enumerate(
+                zip(texts, images_per_sample, regions_per_sample)
+            )
+        ]
+        texts = [sample_text for sample_text, _, _ in region_data]
+        outputs = super().__call__(images=images, text=texts, **kwargs)
+
+        if "text_replacement_offsets" in outputs:
+            image_offsets = outputs["text_replacement_offsets"] or [[] for _ in texts]
+            outputs["text_replacement_offsets"] = [
+                _compose_replacement_offsets(region_offsets, sample_image_offsets)
+                for (_, region_offsets, _), sample_image_offsets in zip(region_data, image_offsets)
+            ]
+        points_per_sample = [points for _, _, points in region_data]
+        if any(len(points) for points in points_per_sample):
+            outputs.update(self._batch_region_points(points_per_sample, self._return_tensors_of(outputs)))
+        return outputs
+
+    def _split_images_per_sample(self, images, texts: list[str]) -> list[list]:
+        """The images of each sample, in order: sample `i` takes as many as it has `<image>` tokens."""
+        flat_images = make_flat_list_of_images(images) if images is not None else []
+        ends = list(accumulate(sample_text.count(self.image_token) for sample_text in texts))
+        return [flat_images[end - sample_text.count(self.image_token) : end] for sample_text, end in zip(texts, ends)]
+
+    @staticmethod
+    def _split_regions_per_sample(regions, batch_size: int) -> list[list]:
+        """Normalises `regions` to one list of regions per sample."""
+        if regions is None or (isinstance(regions, (list, tuple)) and len(regions) == 0):
+            return [[] for _ in range(batch_size)]
+        if not isinstance(regions, (list, tuple)) or all(_is_number(value) for value in regions):
+            regions = [regions]  # a single region
+        if len(regions) == batch_size and all(_is_list_of_regions(sample) for sample in regions):
+            return [list(sample) for sample in regions]
+        if batch_size == 1:
+            return [list(regions)]
+        raise ValueError(
+            f"`regions` must hold one list of regions per sample ({batch_size} samples in `text`), with an empty list "
+            f"for a sample without regions; got {len(regions)} entries."
+        )
+
+    def _expand_regions(
+        self, index: int, text: str, images: list, regions: list, generator: torch.Generator | None
+    ) -> tuple[str, list[dict], np.ndarray]:
+        """
+        Writes the coordinates of one sample's regions in place of its `<region>` placeholders and samples their
+        points.
+
+        Returns:
+            The new text, the replacement offsets (as `ProcessorMixin.get_text_with_replacements` returns them) and
+            the region points `[num_regions, num_region_points, 2]`.
+        """
+        slots = list(self._region_slot_pattern.finditer(text))
+        no_points = np.zeros((0, self.num_region_points, 2), dtype=np.float32)
+        if not slots and not regions:
+            return text, [], no_points
+        if len(images) != 1:
+            raise ValueError(
+                f"Sample {index} refers to regions ({len(slots)} region placeholders in `text`, {len(regions)} "
+                f"regions in `regions`) but has {len(images)} images: a sample with regions needs exactly one "
+                "`<image>` in `text` and its image in `images`."
+            )
+        if len(slots) != len(regions):
+            raise ValueError(
+                f"Sample {index} has {len(slots)} region placeholders ({self.region_placeholder!r} or "
+                f"{self.region_token!r}) in `text` but {len(regions)} regions in `regions`; they are matched in "
+                "order, one region per placeholder."
+            )
+        image_size = _original_image_size(images[0])
+        masks, coordinate_texts = zip(*(normalize_region(region, image_size) for region in regions))
+        pieces, offsets, copied_until, shift = [], [], 0, 0
+        for slot, coordinate_text in zip(slots, coordinate_texts):
+            if slot.group() != self.region_placeholder:
+                continue
+            replacement = f"{coordinate_text} {self.region_token}"
+            start, end = slot.span()
+            pieces += [text[copied_until:start], replacement]
+            offsets.append(
+                {
+                    "type": "region",
+                    "span": (start, end),
+                    "new_span": (start + shift, start + shift + len(replacement)),
+                    "text": slot.group(),
+                    "replacement": replacement,
+                }
+            )
+            copied_until, shift = end, shift + len(replacement) - (end - start)
+        points = mask_to_points(torch.from_numpy(np.stack(masks)), self.num_region_points, generator=generator)
+        return "".join(pieces) + text[copied_until:], offsets, points.numpy()
+
+    def _batch_region_points(self, points_per_sample: list[np.ndarray], return_tensors) -> BatchFeature:
+        """Pads each sample's `[num_regions, N, 2]` points to `[batch_size, max_regions, N, 2]`."""
+        region_counts = np.array([len(points) for points in points_per_sample], dtype=np.int64)
+        region_points = np.zeros(
+            (len(points_per_sample), region_counts.max(), self.num_region_points, 2), dtype=np.float32
+        )
+        sample_index = np.repeat(np.arange(len(points_per_sample)), region_counts)
+        region_index = np.concatenate([np.arange(count) for count in region_counts])
+        region_points[sample_index, region_index] = np.concatenate(points_per_sample)
+        return BatchFeature(
+            {"region_points": region_points, "region_counts": region_counts}, tensor_type=return_tensors
+        )
+
+    @staticmethod
+    def _return_tensors_of(outputs: BatchFeature) -> str | None:
+        input_ids = outputs["input_ids"]
+        return "pt" if isinstance(input_ids, torch.Tensor) else "np" if isinstance(input_ids, np.ndarray) else None
+
+    def _process_images(self, images, **kwargs):
+        image_inputs = self.image_processor(images, **kwargs)
+        replacements = [
+            self.image_token * self._get_num_image_tokens(_original_image_size(image))
+            for image in make_flat_list_of_images(images)
+        ]
+        return image_inputs, replacements
+
+    def _get_num_image_tokens(self, image_size: tuple[int, int]) -> int:
+        """
+        Number of image tokens for one image of original size `image_size` (`(height, width)`).
+
+        Ferret stretches every image to the image processor's `size`, so only that size counts here:
+        `(height // patch_size) * (width // patch_size)` (576 for 336 px and patch 14). Any-resolution variants
+        override this.
+        """
+        size = self.image_processor.size
+        return (size["height"] // self.patch_size) * (size["width"] // self.patch_size)
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder-token counts for images of the given `(height, width)` sizes."""
+        if image_sizes is None:
+            return MultiModalData()
+        return MultiModalData(
+            num_image_tokens=[self._get_num_image_tokens(image_size) for image_size in image_sizes],
+            num_image_patches=[1] * len(image_sizes),
+        )
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return super().model_input_names + ["region_points", "region_counts"]
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
+        """
+        Decodes generated ids (`[batch_size, sequence_length]` or `[sequence_length]`) to a list of strings.
+        Grounded boxes stay in the text; see [`~FerretProcessor.post_process_grounding`] to extract them.
+        """
+        if isinstance(generated_outputs, (torch.Tensor, np.ndarray)) and generated_outputs.ndim == 1:
+            generated_outputs = generated_outputs[None]
+        elif isinstance(generated_outputs, (list, tuple)) and generated_outputs and _is_number(generated_outputs[0]):
+            generated_outputs = [generated_outputs]
+        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def post_process_grounding(self, texts, image_sizes):
+        """
+        Extracts the grounded boxes from decoded Ferret outputs, in pixels of the original images.
+
+        Args:
+            texts (`str` or `list[str]`): decoded outputs.
+            image_sizes: `(height, width)` of the original image, one per text or a single one for all.
+
+        Returns:
+            For each text (a single dict for a single string) a dict with `"text"` (the text without its coordinate
+            groups) and `"entities"` (list of `{"phrase", "box": [x1, y1, x2, y2], "span": (start, end)}`); see
+            [`parse_grounded_text`] for the rules. Malformed coordinates never raise.
+        """
+        is_single = isinstance(texts, str)
+        texts = [texts] if is_single else list(texts)
+        if isinstance(image_sizes, torch.Tensor):
+            image_sizes = image_sizes.tolist()
+        sizes = np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2)
+        if len(sizes) == 1:
+            sizes = np.repeat(sizes, len(texts), axis=0)
+        if len(sizes) != len(texts):
+            raise ValueError(f"`image_sizes` has {len(sizes)} sizes for {len(texts)} texts.")
+        results = [parse_grounded_text(text, tuple(size)) for text, size in zip(texts, sizes.tolist())]
+        return results[0] if is_single else results
+
+
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "FERRET_SYSTEM_PROMPT", "FerretProcessor"]

@@ -1,0 +1,359 @@
+# Copyright 2025 The transformers-ferret authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Referred regions for Ferret: turning a point, a box or a free-form mask into the region's mask and its coordinate text,
+and sampling the fixed number of mask points the region sampler starts from.
+
+Conventions (those of the original Ferret code):
+
+* Coordinates are pixels of the *original* image, `x` to the right and `y` down, `(0, 0)` the top-left pixel.
+* Coordinate text lives on a 1000x1000 grid and is truncated: `int(x * 1000 / width)`, `int(y * 1000 / height)`.
+  A point is written `[x, y]`, a box `[x1, y1, x2, y2]`.
+* A point's mask is the 11x11 square of pixels around it (`POINT_SPAN = 5` pixels each side), clipped to the image.
+* A box is inclusive: it covers the pixel columns `x1..x2` and rows `y1..y2`.
+* A free-form mask is written as the bounding box of its pixels and keeps its own pixels as the mask.
+* Masks here are `[height, width]` (normal image orientation). The original code stored them transposed, as
+  `[width, height]`; only the order of the sampled points (sorted by `x`, then `y`) keeps a trace of that.
+"""
+
+import re
+from numbers import Number
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+POINT_SPAN = 5
+"""Half-size of a point's square window: a point covers `2 * POINT_SPAN + 1` pixels on each axis."""
+
+COORDINATE_GRID_SIZE = 1000
+"""Size of the virtual canvas on which coordinates are written in the text."""
+
+_MASK_VALUE_THRESHOLDS = {"f": 0.5, "i": 127, "u": 127}
+
+
+def _error(message: str) -> ValueError:
+    return ValueError(f"Invalid entry in `regions`: {message}")
+
+
+def _coordinate_text(values) -> str:
+    return "[" + ", ".join(str(int(value)) for value in values) + "]"
+
+
+def _check_coordinates(coordinates: np.ndarray, original) -> None:
+    if coordinates.size not in (2, 4):
+        raise _error(
+            f"expected a point (x, y) or a box (x1, y1, x2, y2) in pixels, got {coordinates.size} coordinates: "
+            f"{original!r}."
+        )
+    if not np.isfinite(coordinates).all():
+        raise _error(f"coordinates must be finite numbers, got {original!r}.")
+
+
+def _point_region(point: np.ndarray, height: int, width: int) -> tuple[np.ndarray, str]:
+    x, y = point
+    if not (0 <= x < width and 0 <= y < height):
+        raise _error(f"the point (x={x:g}, y={y:g}) lies outside the image of width {width} and height {height}.")
+    column, row = int(x), int(y)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[max(0, row - POINT_SPAN) : row + POINT_SPAN + 1, max(0, column - POINT_SPAN) : column + POINT_SPAN + 1] = True
+    text = _coordinate_text([x * COORDINATE_GRID_SIZE / width, y * COORDINATE_GRID_SIZE / height])
+    return mask, text
+
+
+def _box_region(box: np.ndarray, height: int, width: int) -> tuple[np.ndarray, str]:
+    x1, y1, x2, y2 = box
+    if x2 < x1 or y2 < y1:
+        raise _error(f"a box (x1, y1, x2, y2) needs x1 <= x2 and y1 <= y2, got {tuple(box.tolist())}.")
+    if x2 < 0 or y2 < 0 or x1 > width - 1 or y1 > height - 1:
+        raise _error(
+            f"the box {tuple(box.tolist())} lies entirely outside the image of width {width} and height {height}."
+        )
+    # A box partly outside the image is clipped to it, as the original's `regulate_box`.
+    x1, x2 = np.clip([x1, x2], 0, width - 1)
+    y1, y2 = np.clip([y1, y2], 0, height - 1)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[int(y1) : int(y2) + 1, int(x1) : int(x2) + 1] = True
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    text = _coordinate_text(np.array([x1, y1, x2, y2]) * COORDINATE_GRID_SIZE / scale)
+    return mask, text
+
+
+def binarize_mask(mask) -> np.ndarray:
+    """
+    Turns a mask into a boolean `[height, width]` numpy array.
+
+    Rule for which pixels are inside the region:
+    * boolean masks and PIL images of mode `"1"` are used as they are;
+    * masks whose values are all 0 or 1 (any dtype) are inside where the value is 1;
+    * other float masks (e.g. soft masks in [0, 1]) are inside where the value is > 0.5;
+    * other integer masks (e.g. 8-bit grayscale 0..255, PIL mode `"L"`) are inside where the value is > 127.
+
+    PIL images of other modes are converted to `"L"` first.
+
+    Args:
+        mask (`np.ndarray`, `torch.Tensor` or `PIL.Image.Image`): a 2-D mask.
+
+    Returns:
+        `np.ndarray` of shape `[height, width]`, dtype bool.
+
+    Raises:
+        `TypeError`: if the mask is not 2-D or does not hold numbers or booleans.
+    """
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L") if mask.mode not in ("1", "L") else mask)
+    elif isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise TypeError(f"Invalid entry in `regions`: a mask must be 2-D [height, width], got shape {mask.shape}.")
+    if mask.dtype == bool:
+        return mask
+    if mask.dtype.kind not in _MASK_VALUE_THRESHOLDS:
+        raise TypeError(f"Invalid entry in `regions`: a mask must hold numbers or booleans, got dtype {mask.dtype}.")
+    if np.isin(mask, (0, 1)).all():
+        return mask == 1
+    return mask > _MASK_VALUE_THRESHOLDS[mask.dtype.kind]
+
+
+def _mask_region(mask, height: int, width: int) -> tuple[np.ndarray, str]:
+    mask = binarize_mask(mask)
+    if mask.shape != (height, width):
+        raise _error(
+            f"a mask must have the image's size: the mask is {mask.shape[0]}x{mask.shape[1]} (height x width) but "
+            f"the image is {height}x{width}."
+        )
+    rows, columns = np.nonzero(mask)
+    if rows.size == 0:
+        raise _error("the mask is empty (no pixel is inside the region).")
+    # The text is the bounding box of the mask; the mask itself is box ∩ mask, i.e. the mask.
+    bounding_box = np.array([columns.min(), rows.min(), columns.max(), rows.max()])
+    scale = np.array([width, height, width, height], dtype=np.float64)
+    return mask, _coordinate_text(bounding_box * COORDINATE_GRID_SIZE / scale)
+
+
+def _as_coordinates(region) -> np.ndarray:
+    try:
+        return np.asarray(region, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"Invalid entry in `regions`: a point (x, y) or a box (x1, y1, x2, y2) must hold numbers, got {region!r}."
+        ) from None
+
+
+def normalize_region(region, image_size: tuple[int, int]) -> tuple[np.ndarray, str]:
+    """
+    Builds the mask and the coordinate text of one referred region, exactly as the original Ferret code does.
+
+    Args:
+        region: one of
+            * a point `(x, y)`: pixels of the original image (ints or floats; list, tuple, numpy array or tensor);
+            * a box `(x1, y1, x2, y2)`: inclusive pixel corners of the original image. A box partly outside the
+              image is clipped to `[0, width - 1] x [0, height - 1]`;
+            * a free-form mask of shape `[height, width]` (numpy bool/uint8/float array, torch tensor, or PIL image of
+              mode `"1"` or `"L"`), see [`binarize_mask`] for which pixels count as inside;
+            * a dict `{"point": ...}`, `{"box": ...}` or `{"mask": ...}` with one of the above.
+        image_size (`tuple[int, int]`): `(height, width)` of the original image.
+
+    Returns:
+        `tuple[np.ndarray, str]`: the region's mask, bool of shape `[height, width]`, and its coordinate text on the
+        1000x1000 grid: `"[x, y]"` for a point (its 11x11 window as mask), `"[x1, y1, x2, y2]"` for a box (the box as
+        mask) and for a free-form mask (its bounding box as text, the mask itself as mask).
+
+    Raises:
+        `ValueError`: point or box entirely outside the image, box with `x2 < x1` or `y2 < y1`, non-finite coordinates,
+            wrong number of coordinates, empty mask, or a mask whose size differs from the image's.
+        `TypeError`: a region that is none of the above (e.g. a string, or an array with 3 or more dimensions).
+    """
+    height, width = (int(size) for size in image_size)
+    if isinstance(region, dict):
+        if len(region) != 1 or next(iter(region)) not in ("point", "box", "mask"):
+            raise TypeError(
+                'Invalid entry in `regions`: a dict region must have exactly one key, "point", "box" or "mask", got '
+                f"keys {list(region)}."
+            )
+        kind, value = next(iter(region.items()))
+        if kind == "mask":
+            return _mask_region(value, height, width)
+        coordinates = _as_coordinates(value)
+        expected_size = 2 if kind == "point" else 4
+        if coordinates.size != expected_size:
+            raise _error(f"a {kind} needs {expected_size} coordinates, got {coordinates.size}: {value!r}.")
+        return normalize_region(coordinates, image_size)
+
+    if isinstance(region, Image.Image) or (isinstance(region, (np.ndarray, torch.Tensor)) and region.ndim == 2):
+        return _mask_region(region, height, width)
+    is_coordinate_array = isinstance(region, (np.ndarray, torch.Tensor)) and region.ndim == 1
+    if not (is_coordinate_array or isinstance(region, (list, tuple))):
+        raise TypeError(
+            "Invalid entry in `regions`: expected a point (x, y), a box (x1, y1, x2, y2), a 2-D mask [height, width] "
+            f'or a dict {{"point" | "box" | "mask": ...}}, got {type(region).__name__}'
+            + (f" with {region.ndim} dimensions." if hasattr(region, "ndim") else ".")
+        )
+    if isinstance(region, (list, tuple)) and not all(isinstance(value, Number) for value in region):
+        raise TypeError(
+            f"Invalid entry in `regions`: a point (x, y) or a box (x1, y1, x2, y2) must hold numbers, got {region!r}."
+        )
+    coordinates = _as_coordinates(region)
+    _check_coordinates(coordinates, region)
+    if coordinates.size == 2:
+        return _point_region(coordinates, height, width)
+    return _box_region(coordinates, height, width)
+
+
+def mask_to_points(
+    masks: torch.Tensor, num_points: int = 512, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """
+    Samples exactly `num_points` pixel coordinates inside each region mask: the initial points of the region sampler.
+
+    Points are `(x / width, y / height)` with `x`, `y` the pixel column and row (no half-pixel offset, so values lie in
+    `[0, 1)`), listed sorted by `x` then by `y` (the order of the original, whose masks were `[width, height]`). With
+    `n` pixels in a mask:
+    * `n == num_points`: all pixels;
+    * `n < num_points`: the pixels repeated cyclically, point `k` = pixel `k mod n`;
+    * `n > num_points`: without `generator`, an evenly spaced deterministic subset, point `k` = pixel
+      `floor(k * n / num_points)`; with `generator`, a uniformly random subset of `num_points` distinct pixels in
+      random order (as the original's `randperm(n)[:num_points]`, drawn with the given generator).
+
+    All masks of one image are handled at once (one `nonzero` call), without a loop over regions.
+
+    Args:
+        masks (`torch.Tensor` of shape `[num_regions, height, width]`): region masks (bool, or nonzero = inside).
+        num_points (`int`, defaults to 512): points per region.
+        generator (`torch.Generator`, *optional*): makes the subsampling of large masks random (and reproducible).
+
+    Returns:
+        `torch.Tensor` of shape `[num_regions, num_points, 2]`, float32.
+
+    Raises:
+        `ValueError`: if a mask is empty or `masks` is not 3-D.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"`masks` must have shape [num_regions, height, width], got {tuple(masks.shape)}.")
+    num_regions, height, width = masks.shape
+    # Transposing to [R, W, H] makes `nonzero` list pixels sorted by region, then x, then y.
+    region_x_y = (masks.transpose(1, 2) != 0).nonzero()
+    counts = torch.bincount(region_x_y[:, 0], minlength=num_regions)
+    if (counts == 0).any():
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"Invalid entry in `regions`: the masks at positions {empty} are empty.")
+    starts = torch.cumsum(counts, 0) - counts
+
+    if generator is not None:
+        # Random subset: order each large region's pixels by a random key, keep the first `num_points`.
+        # Regions with at most `num_points` pixels keep their order (key 0).
+        keys = torch.rand(region_x_y.shape[0], generator=generator, device=generator.device).to(masks.device)
+        keys = keys.masked_fill(counts[region_x_y[:, 0]] <= num_points, 0.0)
+        by_key = torch.argsort(keys, stable=True)
+        region_x_y = region_x_y[by_key[torch.argsort(region_x_y[by_key, 0], stable=True)]]
+
+    k = torch.arange(num_points, device=masks.device)[None, :]
+    n = counts[:, None]
+    if generator is None:
+        within_region = torch.where(n > num_points, torch.div(k * n, num_points, rounding_mode="floor"), k % n)
+    else:
+        within_region = torch.where(n > num_points, k, k % n)
+    x_y = region_x_y[starts[:, None] + within_region, 1:]
+    return x_y.to(torch.float32) / torch.tensor([width, height], dtype=torch.float32, device=masks.device)
+
+
+
+
+_GROUNDING_BRACKET = re.compile(r"\s*\[\s*(-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)*)\s*\]")
+_PHRASE_BOUNDARY = re.compile(r"[.!?;:\n]")
+_PHRASE_STRIP = " \t,"
+
+
+def grid_box_to_pixels(values, image_size: tuple[int, int]) -> list[int]:
+    """
+    Converts a box `[x1, y1, x2, y2]` or a point `[x, y]` on the 1000x1000 grid to an inclusive pixel box of the image.
+
+    Values are clipped to `[0, 999]`; a point becomes a zero-size box; corners are ordered so that `x1 <= x2` and
+    `y1 <= y2`; pixels are `int(v * width / 1000)` and `int(v * height / 1000)` as in the original evaluation code,
+    and always lie inside the image.
+
+    Args:
+        values (sequence of 2 or 4 numbers): grid coordinates.
+        image_size (`tuple[int, int]`): `(height, width)` of the original image.
+
+    Returns:
+        `list[int]`: `[x1, y1, x2, y2]` in pixels.
+    """
+    height, width = image_size
+    grid = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0, COORDINATE_GRID_SIZE - 1)
+    if grid.size == 2:
+        grid = np.concatenate([grid, grid])
+    xs, ys = np.sort(grid[0::2]), np.sort(grid[1::2])
+    scale = np.array([width, height, width, height]) / COORDINATE_GRID_SIZE
+    pixels = (np.array([xs[0], ys[0], xs[1], ys[1]]) * scale).astype(np.int64)
+    return np.minimum(pixels, np.array([width, height, width, height]) - 1).clip(min=0).tolist()
+
+
+def _phrase_before(cleaned_text: str, search_start: int) -> tuple[str, tuple[int, int]]:
+    boundaries = [match.end() for match in _PHRASE_BOUNDARY.finditer(cleaned_text, search_start)]
+    start = max(boundaries, default=search_start)
+    raw = cleaned_text[start:]
+    span_start = start + len(raw) - len(raw.lstrip(_PHRASE_STRIP))
+    span_end = max(span_start, len(cleaned_text) - (len(raw) - len(raw.rstrip(_PHRASE_STRIP))))
+    return cleaned_text[span_start:span_end], (span_start, span_end)
+
+
+def parse_grounded_text(text: str, image_size: tuple[int, int]) -> dict:
+    """
+    Extracts the boxes a Ferret answer grounds its phrases with, e.g. `"A cat [120, 300, 540, 880] on a mat."`.
+
+    Every bracket group holding 4 numbers (a box) or 2 numbers (a point, turned into a zero-size box) is an entity; its
+    box is converted to pixels with [`grid_box_to_pixels`]. The group and the whitespace before it (and the comma
+    between groups listed back to back) are removed from the text. The entity's phrase is the text between the
+    previous entity (or the last sentence punctuation `. ! ? ; :` or line break, or the start of the text) and the
+    group, stripped of spaces and commas; when that is empty (boxes listed back to back, as in `"two dogs [..], [..]"`)
+    the previous entity's phrase is reused. Other brackets (wrong count of numbers, non-numbers, unclosed) stay in the
+    text untouched; this never raises.
+
+    Args:
+        text (`str`): decoded model output.
+        image_size (`tuple[int, int]`): `(height, width)` of the original image.
+
+    Returns:
+        `dict` with `"text"`: the text without the coordinate groups, and `"entities"`: a list of dicts with `"phrase"`
+        (`str`), `"box"` (`[x1, y1, x2, y2]` pixels of the original image) and `"span"` (`(start, end)` of the phrase
+        in the cleaned text).
+    """
+    cleaned_text, entities, copied_until, phrase_search_start = "", [], 0, 0
+    for match in _GROUNDING_BRACKET.finditer(text):
+        values = [float(value) for value in match.group(1).split(",")]
+        if len(values) not in (2, 4):
+            continue
+        between = text[copied_until : match.start()]
+        if entities and not between.strip(_PHRASE_STRIP):
+            between = ""  # the separator of boxes listed back to back
+        cleaned_text += between
+        copied_until = match.end()
+        phrase, span = _phrase_before(cleaned_text, phrase_search_start)
+        if not phrase and entities:
+            phrase, span = entities[-1]["phrase"], entities[-1]["span"]
+        entities.append({"phrase": phrase, "box": grid_box_to_pixels(values, image_size), "span": span})
+        phrase_search_start = len(cleaned_text)
+    return {"text": cleaned_text + text[copied_until:], "entities": entities}
+
+
+__all__ = [
+    "binarize_mask",
+    "grid_box_to_pixels",
+    "mask_to_points",
+    "normalize_region",
+    "parse_grounded_text",
+]

@@ -309,6 +309,7 @@ class FerretModel(FerretPreTrainedModel):
         region_counts: torch.LongTensor | None = None,
         pixel_values_tiles: torch.FloatTensor | None = None,
         image_grids: torch.LongTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs,
@@ -327,6 +328,9 @@ class FerretModel(FerretPreTrainedModel):
         pixel_values_tiles (`torch.FloatTensor` of shape `(num_images, max_tiles, 3, tile_size, tile_size)`):
             Ferret-v2 only: each image's tiles in row-major grid order, zero-padded to `max_tiles`.
         image_grids (`torch.LongTensor` of shape `(num_images, 2)`): Ferret-v2 only: `(rows, cols)` of each grid.
+        image_sizes (`torch.LongTensor` of shape `(num_images, 2)`): original `(height, width)` the processor returns;
+            not needed by the model (the processor already chose the grids), accepted so processor outputs can be
+            passed as they are.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
@@ -421,6 +425,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         region_counts: torch.LongTensor | None = None,
         pixel_values_tiles: torch.FloatTensor | None = None,
         image_grids: torch.LongTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         labels: torch.LongTensor | None = None,
@@ -442,6 +447,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             region_counts=region_counts,
             pixel_values_tiles=pixel_values_tiles,
             image_grids=image_grids,
+            image_sizes=image_sizes,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             **kwargs,

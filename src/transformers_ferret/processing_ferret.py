@@ -132,6 +132,9 @@ class FerretProcessor(ProcessorMixin):
         image_token (`str`, defaults to `"<image>"`): image placeholder token.
         region_token (`str`, defaults to `"<region_fea>"`): token whose embedding the model replaces by the region's.
         region_placeholder (`str`, defaults to `"<region>"`): what users write in the text where a region is referred.
+        tile_patch_size (`int`, *optional*): Ferret-v2 only, patch size of the tile encoder (DINOv2: 14); with an image
+            processor that has `image_grid_pinpoints`, each image also gets `rows * cols * (tile_size //
+            tile_patch_size) ** 2` tile tokens after its global ones.
     """
 
     def __init__(
@@ -144,9 +147,11 @@ class FerretProcessor(ProcessorMixin):
         image_token="<image>",
         region_token="<region_fea>",
         region_placeholder="<region>",
+        tile_patch_size=None,
         **kwargs,
     ):
         self.patch_size = patch_size
+        self.tile_patch_size = tile_patch_size
         self.num_region_points = num_region_points
         self.image_token = image_token
         self.region_token = region_token
@@ -319,12 +324,19 @@ class FerretProcessor(ProcessorMixin):
         """
         Number of image tokens for one image of original size `image_size` (`(height, width)`).
 
-        Ferret stretches every image to the image processor's `size`, so only that size counts here:
-        `(height // patch_size) * (width // patch_size)` (576 for 336 px and patch 14). Any-resolution variants
-        override this.
+        Ferret stretches every image to the image processor's `size`, so the global view gives
+        `(height // patch_size) * (width // patch_size)` tokens (576 for 336 px and patch 14) whatever `image_size`.
+        Ferret-v2 adds the tiles of the grid the image processor picks for `image_size`: `rows * cols * t^2` with
+        `t = tile_size // tile_patch_size` (576 per tile at 336 px, patch 14).
         """
         size = self.image_processor.size
-        return (size["height"] // self.patch_size) * (size["width"] // self.patch_size)
+        num_tokens = (size["height"] // self.patch_size) * (size["width"] // self.patch_size)
+        if getattr(self.image_processor, "image_grid_pinpoints", None):
+            if not self.tile_patch_size:
+                raise ValueError("An any-resolution image processor needs the processor's `tile_patch_size`.")
+            rows, cols = self.image_processor.select_grid(image_size)
+            num_tokens += rows * cols * (self.image_processor.tile_size // self.tile_patch_size) ** 2
+        return num_tokens
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
         """Placeholder-token counts for images of the given `(height, width)` sizes."""

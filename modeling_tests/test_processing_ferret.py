@@ -242,7 +242,8 @@ def test_number_of_image_tokens_follows_image_processor_size(processor):
 
 
 def test_model_input_names_include_region_inputs(processor):
-    expected = ["attention_mask", "input_ids", "pixel_values", "region_counts", "region_points"]
+    expected = ["attention_mask", "image_grids", "input_ids", "pixel_values", "pixel_values_tiles", "region_counts",
+                "region_points"]  # fmt: skip
     assert sorted(processor.model_input_names) == expected
 
 

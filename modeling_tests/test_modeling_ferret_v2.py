@@ -153,3 +153,30 @@ def test_bad_any_resolution_configs_raise():
     inputs = batch_v2_inputs([make_v2_sample((1, 3), 1, seed=8)])
     with torch.no_grad():
         assert torch.isfinite(adapted(**inputs).logits).all()
+
+
+def test_ferret_ui_layout_reads_tiles_with_the_global_encoder_and_projector():
+    """Pinpoints without a tile encoder: tiles share CLIP and its projector (Ferret-UI), nearest upsampling."""
+    from tiny_models import IMAGE_SIZE, tiny_ferret_model
+
+    pinpoints = [[IMAGE_SIZE * rows, IMAGE_SIZE * cols] for rows, cols in [(1, 2), (2, 1), (2, 2), (1, 3), (3, 1)]]
+    model = tiny_ferret_model(image_grid_pinpoints=pinpoints, global_upsample_mode="nearest", sampler_transposed_read=True)
+    assert model.config.is_any_resolution and not hasattr(model.model, "tile_vision_tower")
+    assert not hasattr(model.model, "tile_projector")
+    inputs = batch_v2_inputs([make_v2_sample((1, 3), 2, seed=9)])
+    with torch.no_grad():
+        output = model(**inputs)
+        tiles = inputs["pixel_values_tiles"][0, :3]
+        expected_tile_tokens = model.model.multi_modal_projector(model.model.get_vision_features(tiles))
+    image_positions = (inputs["input_ids"][0] == IMAGE_TOKEN_ID).nonzero().squeeze(-1)
+    assert len(image_positions) == num_v2_image_tokens((1, 3)) and torch.isfinite(output.logits).all()
+    # the first row of the merged 2 x 6 map holds the first patch row of tiles 0, 1, 2
+    first_row = output.image_hidden_states[4 : 4 + 6]
+    torch.testing.assert_close(first_row, expected_tile_tokens[:, :2].flatten(0, 1))
+
+
+def test_tile_projector_initialised_from_global_projector():
+    model = tiny_ferret_v2_model(seed=4)
+    model.model.init_tile_projector_from_global()
+    for name, weight in model.model.tile_projector.state_dict().items():
+        assert torch.equal(weight, model.model.multi_modal_projector.state_dict()[name])

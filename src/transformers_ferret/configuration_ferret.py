@@ -47,10 +47,12 @@ class FerretConfig(PreTrainedConfig):
         tie_word_embeddings (`bool`): whether `lm_head` shares the input embedding matrix.
 
     Ferret-v2 (any resolution; all `None`/unused for Ferret v1):
-        tile_vision_config (`dict` or `PreTrainedConfig`, *optional*): encoder of the high-resolution tiles
-            (DINOv2 in the paper). Setting it turns on any-resolution tiling.
+        tile_vision_config (`dict` or `PreTrainedConfig`, *optional*): a separate encoder for the high-resolution
+            tiles (DINOv2 in the Ferret-v2 paper), with its own projector. Setting it turns on any-resolution tiling.
         image_grid_pinpoints (`list[list[int]]`): candidate resolutions `[height, width]` in pixels, each a
-            multiple of `tile_size`; default = the paper's 14 grids (`FERRET_V2_GRIDS`) times `tile_size`.
+            multiple of `tile_size`; default with a `tile_vision_config` = the paper's 14 grids (`FERRET_V2_GRIDS`)
+            times `tile_size`. Set without a `tile_vision_config` (Ferret-UI), the tiles go through the global
+            encoder and projector.
         tile_size (`int`): side of a tile in pixels (default `vision_config.image_size`). A grid of `rows x cols`
             tiles adds `rows * cols * (tile_size // tile_patch_size) ** 2` image tokens after the global ones
             (336 px, patch 14: 576 per tile, so 576 + 576 * tiles in all).
@@ -140,8 +142,13 @@ class FerretConfig(PreTrainedConfig):
 
     @property
     def is_any_resolution(self) -> bool:
-        """Ferret-v2: a tile encoder is configured."""
-        return self.tile_vision_config is not None
+        """Ferret-v2 / Ferret-UI: images are also cut into tiles (a tile encoder or grid pinpoints are configured)."""
+        return self.tile_vision_config is not None or self.image_grid_pinpoints is not None
+
+    @property
+    def tile_patch_size(self) -> int:
+        """Patch size of the encoder that reads the tiles."""
+        return (self.tile_vision_config or self.vision_config).patch_size
 
     @property
     def image_grids(self) -> list[tuple[int, int]]:
@@ -161,6 +168,8 @@ class FerretConfig(PreTrainedConfig):
             raise ValueError(
                 f"`image_grid_pinpoints` has grids {too_many} with more tiles than `max_num_tiles={self.max_num_tiles}`."
             )
+        if self.tile_vision_config is None:
+            return
         global_width, tile_width = self.vision_config.hidden_size, self.tile_vision_config.hidden_size
         if self.region_feature_source == "vision" and global_width != tile_width and not self.tile_feature_adapter:
             raise ValueError(

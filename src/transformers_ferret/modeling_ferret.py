@@ -10,6 +10,7 @@ from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import PreTrainedModel
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_ferret import FerretConfig
 from .modeling_ferret_anyres import merge_tiles, merged_map_extent, tile_valid_mask, upsample_global_maps
@@ -109,7 +110,7 @@ class FerretModel(FerretPreTrainedModel):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = FerretMultiModalProjector(config)
-        if config.is_any_resolution:
+        if config.tile_vision_config is not None:  # Ferret-v2; Ferret-UI tiles share the global encoder and projector
             tile_width = config.tile_vision_config.hidden_size
             self.tile_vision_tower = AutoModel.from_config(config.tile_vision_config)
             self.tile_projector = FerretMultiModalProjector(config, tile_width, config.tile_projector_type)
@@ -148,6 +149,23 @@ class FerretModel(FerretPreTrainedModel):
         features = outputs.hidden_states[layer]
         return features[:, 1:] if strategy == "default" else features
 
+    @torch.no_grad()
+    def init_tile_projector_from_global(self) -> None:
+        """Copies the global (CLIP) projector's weights into the tile (DINOv2) projector, as Ferret-v2's stage II does.
+
+        Raises a ValueError when the two projectors' shapes differ (tile encoder width != global encoder width).
+        """
+        if not hasattr(self, "tile_projector"):
+            raise ValueError("This model has no separate tile projector (no `tile_vision_config`).")
+        source, target = self.multi_modal_projector.state_dict(), self.tile_projector.state_dict()
+        mismatched = [name for name in target if name not in source or source[name].shape != target[name].shape]
+        if mismatched:
+            raise ValueError(
+                f"Cannot initialise the tile projector from the global one: {mismatched} differ in shape (tile encoder "
+                f"width {self.config.tile_vision_config.hidden_size} vs global {self.config.vision_config.hidden_size})."
+            )
+        self.tile_projector.load_state_dict(source)
+
     def get_tile_features(self, pixel_values_tiles: torch.Tensor, image_grids: torch.Tensor) -> torch.Tensor:
         """Unprojected tile-encoder features `[num_tiles, t * t, tile_hidden]` of every real tile, image-major.
 
@@ -157,8 +175,10 @@ class FerretModel(FerretPreTrainedModel):
             image_grids: `[num_images, 2]` `(rows, cols)` of each image's tile grid.
         """
         tiles = pixel_values_tiles[tile_valid_mask(image_grids, pixel_values_tiles.shape[1])]
+        if self.config.tile_vision_config is None:  # Ferret-UI: the global encoder reads the tiles too
+            return self.get_vision_features(tiles)
         outputs = self.tile_vision_tower(tiles.to(self.tile_vision_tower.dtype), output_hidden_states=True)
-        patch = self.config.tile_vision_config.patch_size
+        patch = self.config.tile_patch_size
         num_patches = (tiles.shape[-2] // patch) * (tiles.shape[-1] // patch)
         return outputs.hidden_states[self.config.tile_vision_feature_layer][:, -num_patches:]  # drop CLS/registers
 
@@ -187,9 +207,10 @@ class FerretModel(FerretPreTrainedModel):
         if pixel_values_tiles is None or image_grids is None:
             raise ValueError("Ferret-v2 needs `pixel_values_tiles` and `image_grids` together with `pixel_values`.")
 
-        tile_side = self.config.tile_size // self.config.tile_vision_config.patch_size
+        tile_side = self.config.tile_size // self.config.tile_patch_size
         tile_features = self.get_tile_features(pixel_values_tiles, image_grids)
-        merged_projected, valid = merge_tiles(self.tile_projector(tile_features), image_grids, tile_side)
+        tile_projector = getattr(self, "tile_projector", self.multi_modal_projector)
+        merged_projected, valid = merge_tiles(tile_projector(tile_features), image_grids, tile_side)
         image_sequence = torch.cat([projected, merged_projected.flatten(1, 2)], 1)
         token_valid = torch.cat([valid.new_ones(projected.shape[:2]), valid.flatten(1)], 1)
 
@@ -207,6 +228,7 @@ class FerretModel(FerretPreTrainedModel):
             map_extent=merged_map_extent(image_grids, tile_side),
         )
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
@@ -232,7 +254,7 @@ class FerretModel(FerretPreTrainedModel):
         global_tokens = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
         if not self.config.is_any_resolution or image_grids is None:
             return [global_tokens] * pixel_values.shape[0]
-        tile_side = self.config.tile_size // self.config.tile_vision_config.patch_size
+        tile_side = self.config.tile_size // self.config.tile_patch_size
         return (global_tokens + image_grids.prod(-1) * tile_side**2).tolist()
 
     def _token_mask(
@@ -297,6 +319,7 @@ class FerretModel(FerretPreTrainedModel):
         slots = torch.arange(region_points.shape[1], device=region_counts.device)
         return slots.unsqueeze(0) < region_counts.unsqueeze(1)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -381,6 +404,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
     """Ferret with a language-model head: refers to regions given as input and grounds answers as box text."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: FerretConfig):
         super().__init__(config)
@@ -400,6 +424,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.FloatTensor,
@@ -413,6 +438,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy
         )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -477,11 +503,14 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         region_counts=None,
         pixel_values_tiles=None,
         image_grids=None,
+        inputs_embeds=None,
         is_first_iteration=False,
         **kwargs,
     ):
         """Passes image and region inputs to the prefill step only; decode steps reuse the KV cache."""
-        model_inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs
+        )
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs.update(
                 region_points=region_points,

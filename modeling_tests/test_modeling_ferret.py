@@ -229,3 +229,17 @@ def test_invalid_sampler_config_raises():
     with pytest.raises(ValueError, match="keeps 40 of 16 points"):
         tiny_ferret_config(sampler_num_sub_points=[40, 4])
 
+
+
+def test_region_free_training_batch_still_gives_the_sampler_zero_gradients():
+    """Every rank must use the sampler every step (DDP / ZeRO would otherwise hang waiting for its gradients)."""
+    model = tiny_ferret_model(seed=4).train()
+    inputs = batch_inputs([make_sample(0, seed=25)])
+    del inputs["region_points"], inputs["region_counts"]
+    labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == IMAGE_TOKEN_ID, -100)
+    loss = model(**inputs, labels=labels).loss
+    loss.backward()
+    for name, parameter in model.model.region_sampler.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() == 0, name
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(**inputs, labels=labels).loss, loss.detach())

@@ -278,6 +278,17 @@ class FerretModel(FerretPreTrainedModel):
             )
         return image_mask.unsqueeze(-1)
 
+    def _dummy_region_feature(self, encoding: FerretImageEncoding) -> torch.Tensor:
+        """The sampler's output for one region at the first image's centre, reduced to a scalar.
+
+        Training adds it with weight 0 when a batch has images but no region, so the sampler's parameters take part in
+        every step on every rank (distributed data parallel / ZeRO otherwise wait forever for their gradients).
+        """
+        num_points = self.config.sampler_num_init_points
+        points = torch.full((1, 1, num_points, 2), 0.5, device=encoding.region_maps.device)
+        extent = encoding.map_extent[:1] if encoding.map_extent is not None else None
+        return self.region_sampler(encoding.region_maps[:1], points, None, extent).sum()
+
     def _check_region_inputs(
         self,
         region_mask: torch.Tensor,
@@ -382,6 +393,8 @@ class FerretModel(FerretPreTrainedModel):
                 encoding.region_maps, region_points[image_rows], region_valid[image_rows], encoding.map_extent
             ).to(inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(region_mask.unsqueeze(-1), region_features)
+        elif self.training and pixel_values is not None:
+            inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(encoding).to(inputs_embeds.dtype)
 
         outputs = self.language_model(
             attention_mask=attention_mask,

@@ -25,6 +25,13 @@ AutoModelForCausalLM.register(FerretConfig, FerretForConditionalGeneration, exis
 AutoImageProcessor.register(FerretConfig, image_processor_classes={"pil": FerretImageProcessorPil}, exist_ok=True)
 AutoProcessor.register(FerretConfig, FerretProcessor, exist_ok=True)
 
+# Saved folders carry their code and a complete auto_map, so they load with `trust_remote_code=True` where this
+# package is not installed (see FerretPreTrainedModel.save_pretrained).
+FerretConfig.register_for_auto_class()
+FerretForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+FerretImageProcessorPil.register_for_auto_class("AutoImageProcessor")
+FerretProcessor.register_for_auto_class("AutoProcessor")
+
 __all__ = [
     "FerretConfig",
     "FerretForConditionalGeneration",

@@ -17,6 +17,14 @@ from .modeling_ferret_anyres import merge_tiles, merged_map_extent, tile_valid_m
 from .modeling_ferret_sampler import FerretRegionSampler
 
 
+FERRET_AUTO_MAP = {
+    "AutoConfig": "configuration_ferret.FerretConfig",
+    "AutoModel": "modeling_ferret.FerretModel",
+    "AutoModelForCausalLM": "modeling_ferret.FerretForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_ferret.FerretForConditionalGeneration",
+}
+
+
 @dataclass
 class FerretModelOutputWithPast(BaseModelOutputWithPast):
     r"""
@@ -96,6 +104,13 @@ class FerretPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # the region sampler has data-dependent shapes (valid-region selection)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every Ferret Auto class (transformers only
+        records the saved class's own), so `AutoModel`, `AutoModelForCausalLM` and `AutoModelForImageTextToText` all
+        load the folder with `trust_remote_code=True`."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **FERRET_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
 
 class FerretModel(FerretPreTrainedModel):

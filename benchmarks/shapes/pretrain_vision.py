@@ -1,0 +1,129 @@
+"""Stage 0 of the synthetic-shapes recipe: pretrain a tiny CLIP-style vision tower on the synthetic scenes.
+
+Real Ferret starts from a pretrained CLIP (and Ferret-v2 from CLIP + DINOv2); a tiny tower trained from scratch on
+the CPU needs a stand-in for that pretraining. This script trains the tower with a dense per-patch objective: every
+patch of the layer Ferret reads (hidden_states[-2], CLS dropped) predicts the colour and the shape of the object whose
+mask covers the patch centre (or "background"). It saves a `CLIPVisionModel` folder that `train.py` builds Ferret on.
+
+    python benchmarks/shapes/pretrain_vision.py --output-dir runs/vision --steps 600
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from transformers_ferret import FerretImageProcessorPil
+from transformers_ferret.synthetic_shapes import COLOURS, SHAPES, generate_scene
+
+SCENE_KWARGS = dict(min_side=160, max_side=320, num_objects=(2, 5), object_size=(20, 80))
+
+
+def tiny_clip_config(image_size: int = 112, patch_size: int = 16) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        image_size=image_size, patch_size=patch_size, hidden_size=192, intermediate_size=768, num_hidden_layers=4,
+        num_attention_heads=3, hidden_act="quick_gelu",
+    )  # fmt: skip
+
+
+def sincos_position_embeddings(grid: int, dim: int) -> torch.Tensor:
+    """2-D sine-cosine position embeddings `[1 + grid * grid, dim]` (a zero row for CLS), MAE style."""
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    angles = [axis.flatten()[:, None].float() * frequencies[None] for axis in (rows, cols)]
+    table = torch.cat([angles[0].sin(), angles[0].cos(), angles[1].sin(), angles[1].cos()], dim=1)
+    table = nn.functional.pad(table, (0, dim - table.shape[1]))
+    return torch.cat([torch.zeros(1, dim), table])
+
+
+def patch_labels(scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Colour and shape class (0 = background) of the object under each patch centre, `[grid * grid]` each."""
+    centres = (np.arange(grid) + 0.5) / grid
+    ys = (centres * scene.height).astype(int)
+    xs = (centres * scene.width).astype(int)
+    colour, shape = np.zeros((grid, grid), dtype=np.int64), np.zeros((grid, grid), dtype=np.int64)
+    for obj in scene.objects:  # a handful of objects per scene; later objects are drawn on top
+        covered = obj.mask[np.ix_(ys, xs)]
+        colour[covered] = list(COLOURS).index(obj.colour) + 1
+        shape[covered] = SHAPES.index(obj.shape) + 1
+    return colour.reshape(-1), shape.reshape(-1)
+
+
+def make_batch(rng, image_processor, batch_size: int, grid: int):
+    scenes = [generate_scene(rng, **SCENE_KWARGS) for _ in range(batch_size)]
+    pixels = image_processor([scene.image for scene in scenes], return_tensors="pt")["pixel_values"]
+    labels = [patch_labels(scene, grid) for scene in scenes]
+    return pixels, torch.from_numpy(np.stack([c for c, _ in labels])), torch.from_numpy(np.stack([s for _, s in labels]))
+
+
+class PatchClassifier(nn.Module):
+    """The vision tower plus two linear heads on the features Ferret reads."""
+
+    def __init__(self, config: CLIPVisionConfig):
+        super().__init__()
+        self.tower = CLIPVisionModel(config)
+        grid = config.image_size // config.patch_size
+        with torch.no_grad():  # a learned table, started from 2-D sin-cos so patches know where they are at step 0
+            self.tower.embeddings.position_embedding.weight.copy_(sincos_position_embeddings(grid, config.hidden_size))
+        self.colour_head = nn.Linear(config.hidden_size, len(COLOURS) + 1)
+        self.shape_head = nn.Linear(config.hidden_size, len(SHAPES) + 1)
+
+    def forward(self, pixel_values):
+        features = self.tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+        return self.colour_head(features), self.shape_head(features)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--patch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (about 1.8x faster on CPUs with avx512_bf16)")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    config = tiny_clip_config(args.image_size, args.patch_size)
+    grid = args.image_size // args.patch_size
+    model = PatchClassifier(config).train()
+    image_processor = FerretImageProcessorPil(size={"height": args.image_size, "width": args.image_size})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
+    rng = np.random.default_rng([args.seed, 0])
+    log, started = [], time.perf_counter()
+    for step in range(1, args.steps + 1):
+        pixels, colours, shapes = make_batch(rng, image_processor, args.batch_size, grid)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            colour_logits, shape_logits = model(pixels)
+        loss = nn.functional.cross_entropy(colour_logits.float().flatten(0, 1), colours.flatten()) + \
+            nn.functional.cross_entropy(shape_logits.float().flatten(0, 1), shapes.flatten())  # fmt: skip
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 25 == 0 or step == args.steps:
+            object_patches = shapes > 0
+            shape_accuracy = (shape_logits.argmax(-1) == shapes)[object_patches].float().mean().item()
+            colour_accuracy = (colour_logits.argmax(-1) == colours)[object_patches].float().mean().item()
+            entry = {"step": step, "loss": round(loss.item(), 4), "object_patch_colour_acc": round(colour_accuracy, 3),
+                     "object_patch_shape_acc": round(shape_accuracy, 3),
+                     "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    output = Path(args.output_dir)
+    model.tower.save_pretrained(output)
+    (output / "pretrain_log.json").write_text(json.dumps(log, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -243,3 +243,17 @@ def test_region_free_training_batch_still_gives_the_sampler_zero_gradients():
         assert parameter.grad is not None and parameter.grad.abs().sum() == 0, name
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(**inputs, labels=labels).loss, loss.detach())
+
+
+def test_text_path_equals_the_bare_language_model_including_gemma2_logit_softcapping():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    text_config = Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=1.0)  # fmt: skip
+    torch.manual_seed(0)
+    language_model = Gemma2ForCausalLM(text_config).eval()
+    model = tiny_ferret_model(text_config=text_config.to_dict(), tie_word_embeddings=True)
+    model.model.language_model.load_state_dict(language_model.model.state_dict())
+    ids = torch.randint(3, 60, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, language_model(input_ids=ids).logits)

@@ -36,7 +36,7 @@ def test_every_grid_gives_the_announced_token_count_and_generates(model, grid):
     encoding = model.get_image_features(inputs["pixel_values"], inputs["pixel_values_tiles"], inputs["image_grids"])
     assert [len(features) for features in encoding.pooler_output] == [num_v2_image_tokens(grid)]
     assert model.model.num_image_tokens(inputs["pixel_values"], inputs["image_grids"]) == [num_v2_image_tokens(grid)]
-    assert encoding.last_hidden_state.shape[-2:] == (grid[0] * TILE_SIDE_PATCHES, grid[1] * TILE_SIDE_PATCHES)
+    assert encoding.region_maps.shape[-2:] == (grid[0] * TILE_SIDE_PATCHES, grid[1] * TILE_SIDE_PATCHES)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 3
@@ -130,11 +130,18 @@ def test_v1_config_builds_no_tile_encoder():
     assert not hasattr(model.model, "tile_vision_tower") and not model.config.is_any_resolution
 
 
-def test_v2_without_tiles_raises(model):
-    inputs = batch_v2_inputs([make_v2_sample((1, 2), 0, seed=7)])
-    del inputs["pixel_values_tiles"]
-    with pytest.raises(ValueError, match="pixel_values_tiles"):
-        model(**inputs)
+def test_v2_without_tiles_reads_the_global_view_only(model):
+    """Ferret-v2 stage I trains the CLIP path alone: no tiles, global tokens only; tile tokens without tiles raise."""
+    from tiny_models import NUM_IMAGE_TOKENS, batch_inputs, make_sample
+
+    global_only = batch_inputs([make_sample(1, seed=7)])
+    with torch.no_grad():
+        output = model(**global_only)
+    assert output.image_hidden_states.shape[0] == NUM_IMAGE_TOKENS and torch.isfinite(output.logits).all()
+    with_tile_tokens = batch_v2_inputs([make_v2_sample((1, 2), 0, seed=7)])
+    del with_tile_tokens["pixel_values_tiles"]
+    with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+        model(**with_tile_tokens)
 
 
 def test_bad_any_resolution_configs_raise():

@@ -1,3 +1,16 @@
+# Copyright 2026 The transformers-ferret authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """PyTorch Ferret: a LLaVA-style vision-language model that also takes referred regions as input."""
 
 from dataclasses import dataclass
@@ -10,6 +23,8 @@ from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import PreTrainedModel
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_ferret import FerretConfig
@@ -51,6 +66,22 @@ class FerretImageEncoding(ModelOutput):
     """
 
     image_features: torch.Tensor | None = None
+    region_maps: torch.Tensor | None = None
+    map_extent: torch.Tensor | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
+
+
+@dataclass
+class FerretImageFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    `get_image_features` output: the global vision tower's own outputs (`last_hidden_state`, and `hidden_states` /
+    `attentions` when asked for), with `pooler_output` the list of per-image projected features
+    `[num_image_tokens_i, hidden_size]` that replace the `<image>` tokens.
+
+    region_maps (`torch.Tensor` of shape `(num_images, channels, rows, cols)`): the maps the region sampler reads.
+    map_extent (`torch.Tensor` of shape `(num_images, 2)`, *optional*): see [`FerretImageEncoding`].
+    """
+
     region_maps: torch.Tensor | None = None
     map_extent: torch.Tensor | None = None
 
@@ -105,6 +136,13 @@ class FerretPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = False  # the region sampler has data-dependent shapes (valid-region selection)
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """Initialise like a native transformers model: transformers' shortcut for models defined outside its package
+        skips sub-modules that hold no weights of their own, which would leave CLIP's attention and MLP weights with
+        the generic init instead of CLIP's own when a checkpoint lacks the vision tower."""
+        return False
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every Ferret Auto class (transformers only
         records the saved class's own), so `AutoModel`, `AutoModelForCausalLM` and `AutoModelForImageTextToText` all
@@ -153,14 +191,19 @@ class FerretModel(FerretPreTrainedModel):
 
         These are what the region sampler reads (the original Ferret samples raw CLIP features, not projected ones).
         """
-        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
-        strategy = (
-            self.config.vision_feature_select_strategy
-            if vision_feature_select_strategy is None
-            else vision_feature_select_strategy
-        )
+        outputs = self._run_vision_tower(pixel_values)
+        return self._select_vision_features(outputs, vision_feature_layer, vision_feature_select_strategy)
+
+    def _run_vision_tower(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         pixel_values = pixel_values.to(self.vision_tower.dtype)
-        outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
+        kwargs["output_hidden_states"] = True  # the features are read at `vision_feature_layer`
+        return self.vision_tower(pixel_values, return_dict=True, **kwargs)
+
+    def _select_vision_features(
+        self, outputs, vision_feature_layer: int | None, vision_feature_select_strategy: str | None
+    ) -> torch.Tensor:
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         features = outputs.hidden_states[layer]
         return features[:, 1:] if strategy == "default" else features
 
@@ -204,23 +247,32 @@ class FerretModel(FerretPreTrainedModel):
         image_grids: torch.LongTensor | None = None,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
+        **vision_kwargs,
     ) -> FerretImageEncoding:
         """Image tokens for the language model and the maps the region sampler reads.
 
-        Ferret v1: the global view's `(side / patch)^2` tokens per image, and their unprojected map.
+        Ferret v1 (and Ferret-v2 without tiles, e.g. its stage I): the global view's `(side / patch)^2` tokens per
+        image, and their map.
         Ferret-v2: per image the global tokens, then the merged tile map row by row; the region map is the merged
         tile map plus the global map upsampled to its size (`H_a = H'_l + Upsample(H_g)`), raw or projected.
         """
-        vision_features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+        vision_outputs = self._run_vision_tower(pixel_values, **vision_kwargs)
+        vision_features = self._select_vision_features(
+            vision_outputs, vision_feature_layer, vision_feature_select_strategy
+        )
         patch = self.config.vision_config.patch_size
         grid_size = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
         projected = self.multi_modal_projector(vision_features)
         use_projected = self.config.region_feature_source == "projected"
         global_maps = (projected if use_projected else vision_features).unflatten(1, grid_size)  # [B, rows, cols, D]
-        if not self.config.is_any_resolution:
-            return FerretImageEncoding(image_features=projected.flatten(0, 1), region_maps=global_maps.permute(0, 3, 1, 2))
-        if pixel_values_tiles is None or image_grids is None:
-            raise ValueError("Ferret-v2 needs `pixel_values_tiles` and `image_grids` together with `pixel_values`.")
+        if not self.config.is_any_resolution or pixel_values_tiles is None:  # v1, or v2 on the global view only
+            return FerretImageEncoding(
+                image_features=projected.flatten(0, 1),
+                region_maps=global_maps.permute(0, 3, 1, 2),
+                vision_outputs=vision_outputs,
+            )
+        if image_grids is None:
+            raise ValueError("`pixel_values_tiles` need their `image_grids` (tile rows, cols per image).")
 
         tile_side = self.config.tile_size // self.config.tile_patch_size
         tile_features = self.get_tile_features(pixel_values_tiles, image_grids)
@@ -241,6 +293,7 @@ class FerretModel(FerretPreTrainedModel):
             image_features=image_sequence[token_valid],
             region_maps=(merged_local + upsampled).permute(0, 3, 1, 2),
             map_extent=merged_map_extent(image_grids, tile_side),
+            vision_outputs=vision_outputs,
         )
 
     @can_return_tuple
@@ -252,15 +305,25 @@ class FerretModel(FerretPreTrainedModel):
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
-        """Projected image features: `pooler_output` is a list of per-image `[num_tokens_i, hidden_size]` tensors
-        and `last_hidden_state` the `[num_images, channels, rows, cols]` maps the region sampler reads."""
+    ) -> FerretImageFeaturesOutput:
+        """Projected image features (see [`FerretImageFeaturesOutput`]); `output_hidden_states` / `output_attentions`
+        return the global vision tower's."""
+        wants_hidden_states = kwargs.get("output_hidden_states") or self.config.vision_config.output_hidden_states
+        wants_attentions = kwargs.get("output_attentions") or self.config.vision_config.output_attentions
+        vision_kwargs = {"output_attentions": True} if wants_attentions else {}
         encoding = self.encode_images(
-            pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy
-        )
+            pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
+            **vision_kwargs,
+        )  # fmt: skip
         tokens_per_image = self.num_image_tokens(pixel_values, image_grids)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=encoding.region_maps, pooler_output=list(encoding.image_features.split(tokens_per_image))
+        vision_outputs = encoding.vision_outputs
+        return FerretImageFeaturesOutput(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=list(encoding.image_features.split(tokens_per_image)),
+            hidden_states=vision_outputs.hidden_states if wants_hidden_states else None,
+            attentions=vision_outputs.attentions,
+            region_maps=encoding.region_maps,
+            map_extent=encoding.map_extent,
         )
 
     def num_image_tokens(self, pixel_values: torch.Tensor, image_grids: torch.Tensor | None = None) -> list[int]:
@@ -361,7 +424,7 @@ class FerretModel(FerretPreTrainedModel):
         image_sizes: torch.LongTensor | None = None,
         vision_feature_layer: int | None = None,
         vision_feature_select_strategy: str | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> FerretModelOutputWithPast:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
@@ -397,7 +460,7 @@ class FerretModel(FerretPreTrainedModel):
 
         is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
         region_mask = self._token_mask(self.config.region_token_id, input_ids, inputs_embeds)
-        if region_points is not None or (is_prefill and region_mask.any()):
+        if region_points is not None or (is_prefill and pixel_values is not None and region_mask.any()):
             if pixel_values is None:
                 raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
             image_rows = image_mask.squeeze(-1).any(-1)
@@ -463,7 +526,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(
-            pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy
+            pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy, **kwargs
         )
 
     @can_return_tuple
@@ -484,7 +547,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         vision_feature_select_strategy: str | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> FerretCausalLMOutputWithPast:
         r"""
         Inputs as [`FerretModel.forward`], plus `labels` (`(batch_size, sequence_length)`, -100 = ignored) for the
@@ -509,6 +572,9 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, kept, :])
+        softcap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        if softcap is not None:  # Gemma-2-style language models cap their logits in their own LM head
+            logits = torch.tanh(logits / softcap) * softcap
         loss = None
         if labels is not None:
             loss = self.loss_function(

@@ -68,7 +68,7 @@ KEY_RENAMES = [
     (r"^model\.region_geo_sampler\.dim_projector\.", r"model.region_sampler.output_projection."),
     (r"^model\.vision_tower\.vision_tower\.vision_model\.", r"model.vision_tower."),
 ]
-DROPPED_KEYS = re.compile(r"rotary_emb\.inv_freq$")
+DROPPED_KEYS = re.compile(r"(rotary_emb\.inv_freq|embeddings\.position_ids)$")  # buffers old versions saved
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -157,9 +157,9 @@ def build_config(original: dict, vision_config: CLIPVisionConfig) -> FerretConfi
     )
 
 
-def convert_state_dict(original: dict[str, torch.Tensor], config: FerretConfig) -> dict[str, torch.Tensor]:
-    """Renames original keys to ours, drops rotary buffers, squeezes the sampler's Conv1d kernels and adds the
-    `<image>` row (embedding = mean of the other rows, `lm_head` row = 0)."""
+def rename_original_state_dict(original: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Renames original keys to ours, drops saved buffers (rotary frequencies, position ids) and squeezes the
+    sampler's Conv1d kernels into Linear weights."""
     converted = {}
     for name, tensor in original.items():
         if DROPPED_KEYS.search(name):
@@ -173,17 +173,31 @@ def convert_state_dict(original: dict[str, torch.Tensor], config: FerretConfig) 
         if new_name.endswith(".fusion.weight") and tensor.dim() == 3:
             tensor = tensor.squeeze(-1)  # Conv1d(kernel_size=1) == Linear over channels
         converted[new_name] = tensor
+    return converted
 
-    image_token = config.image_token_id
+
+def add_image_token_rows(converted: dict[str, torch.Tensor], image_token_id: int) -> dict[str, torch.Tensor]:
+    """Appends the `<image>` row at `image_token_id` (the end of the original vocabulary): embedding = mean of the
+    other rows (it is always replaced by image features), `lm_head` row = 0 (its logit never depends on the input;
+    generation suppresses it), so the original vocabulary's logits are unchanged. A tied checkpoint without
+    `lm_head.weight` only grows the embedding."""
+    converted = dict(converted)
     for name, new_row in (
         ("model.language_model.embed_tokens.weight", lambda weight: weight.float().mean(0, keepdim=True)),
         ("lm_head.weight", lambda weight: torch.zeros_like(weight[:1])),
     ):
+        if name not in converted:
+            continue
         weight = converted[name]
-        if weight.shape[0] != image_token:
-            raise ValueError(f"{name} has {weight.shape[0]} rows; expected the original vocabulary of {image_token}.")
+        if weight.shape[0] != image_token_id:
+            raise ValueError(f"{name} has {weight.shape[0]} rows; expected the original vocabulary of {image_token_id}.")
         converted[name] = torch.cat([weight, new_row(weight).to(weight.dtype)])
     return converted
+
+
+def convert_state_dict(original: dict[str, torch.Tensor], config: FerretConfig) -> dict[str, torch.Tensor]:
+    """Original Ferret state dict -> ours, with the `<image>` row added (see the two functions above)."""
+    return add_image_token_rows(rename_original_state_dict(original), config.image_token_id)
 
 
 def load_vision_tower(model_path: Path | None, vision_tower: str | None) -> CLIPVisionModel:

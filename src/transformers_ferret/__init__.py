@@ -1,3 +1,16 @@
+# Copyright 2026 The transformers-ferret authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """transformers-native Ferret: refer (points, boxes, free-form regions) and ground (boxes in text).
 
 Importing this package registers every Ferret class with transformers' Auto classes.
@@ -14,9 +27,11 @@ from transformers import (
 
 from .configuration_ferret import FerretConfig
 from .modeling_ferret import FerretForConditionalGeneration, FerretModel, FerretPreTrainedModel
+from .collator_ferret import FerretDataCollator
 from .image_processing_ferret import FerretImageProcessorPil
 from .modeling_ferret_sampler import FerretRegionSampler
 from .processing_ferret import FerretProcessor
+from .training_stages import apply_training_stage, format_trainable_summary
 
 AutoConfig.register(FerretConfig.model_type, FerretConfig, exist_ok=True)
 AutoModel.register(FerretConfig, FerretModel, exist_ok=True)
@@ -34,10 +49,13 @@ FerretProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "FerretConfig",
+    "FerretDataCollator",
     "FerretForConditionalGeneration",
     "FerretImageProcessorPil",
     "FerretModel",
     "FerretPreTrainedModel",
     "FerretProcessor",
     "FerretRegionSampler",
+    "apply_training_stage",
+    "format_trainable_summary",
 ]

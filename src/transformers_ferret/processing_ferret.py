@@ -25,7 +25,23 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import get_image_size, make_flat_list_of_images, to_numpy_array
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 
+from .image_processing_ferret import prepare_images
 from .region_utils import mask_to_points, normalize_region, parse_grounded_text
+
+
+try:  # markers `apply_chat_template(..., sanitize_control_tokens=True)` puts around control tokens in user text
+    from transformers.utils.chat_template_utils import _CONTROL_TOKEN_END, _CONTROL_TOKEN_START
+except ImportError:  # older transformers: no sanitising, nothing is marked
+    _CONTROL_TOKEN_START = _CONTROL_TOKEN_END = None
+_MARKED_TOKEN = (
+    re.compile(f"{_CONTROL_TOKEN_START}.*?{_CONTROL_TOKEN_END}", re.DOTALL) if _CONTROL_TOKEN_START else None
+)
+_UNMARKED = f"(?<!{_CONTROL_TOKEN_START})" if _CONTROL_TOKEN_START else ""
+
+
+def _without_marked_tokens(text: str) -> str:
+    """`text` without the control tokens `sanitize_control_tokens` marked as user text (they are not placeholders)."""
+    return _MARKED_TOKEN.sub("", text) if _MARKED_TOKEN is not None else text
 
 
 FERRET_SYSTEM_PROMPT = (
@@ -63,9 +79,9 @@ DEFAULT_CHAT_TEMPLATE = """
     {%- if message.role == 'user' -%}
         {{- 'USER: ' + render_content(message.content) + ' ' -}}
     {%- elif message.role == 'assistant' -%}
-        {{- 'ASSISTANT: ' -}}
+        {{- 'ASSISTANT:' -}}
         {%- generation -%}
-            {{- render_content(message.content) + eos_token -}}
+            {{- ' ' + render_content(message.content) + eos_token -}}
         {%- endgeneration -%}
     {%- else -%}
         {{- raise_exception('Ferret conversations have system, user and assistant messages, got ' + message.role) -}}
@@ -135,6 +151,13 @@ class FerretProcessor(ProcessorMixin):
         tile_patch_size (`int`, *optional*): Ferret-v2 only, patch size of the tile encoder (DINOv2: 14); with an image
             processor that has `image_grid_pinpoints`, each image also gets `rows * cols * (tile_size //
             tile_patch_size) ** 2` tile tokens after its global ones.
+        max_regions_per_sample (`int`, *optional*, defaults to 32): most regions one sample may refer to; more raise a
+            `ValueError` (every region costs a sampler pass and its points; `None` = no limit).
+
+    Placeholders are reserved: `<image>`, `<region_fea>` and `<region>` in `text` are always read as placeholders (their
+    counts must match `images` and `regions`, else a `ValueError`). With `apply_chat_template(...,
+    sanitize_control_tokens=True)`, `<image>` and `<region_fea>` typed in message text are encoded as plain text and
+    take no image or region; `<region>` stays the way to refer to a region. See `docs/robustness.md`.
     """
 
     def __init__(
@@ -148,8 +171,16 @@ class FerretProcessor(ProcessorMixin):
         region_token="<region_fea>",
         region_placeholder="<region>",
         tile_patch_size=None,
+        max_regions_per_sample=32,
         **kwargs,
     ):
+        if max_regions_per_sample is not None and (
+            isinstance(max_regions_per_sample, bool)
+            or not isinstance(max_regions_per_sample, int)
+            or max_regions_per_sample < 1
+        ):
+            raise ValueError(f"`max_regions_per_sample` must be a positive int or None, got {max_regions_per_sample!r}.")
+        self.max_regions_per_sample = max_regions_per_sample
         self.patch_size = patch_size
         self.tile_patch_size = tile_patch_size
         self.num_region_points = num_region_points
@@ -165,7 +196,10 @@ class FerretProcessor(ProcessorMixin):
                     "(see `convert_original_tokenizer`)."
                 )
         self._region_slot_pattern = re.compile(
-            "|".join(re.escape(slot) for slot in sorted({region_placeholder, region_token}, key=len, reverse=True))
+            _UNMARKED
+            + "(?:"
+            + "|".join(re.escape(slot) for slot in sorted({region_placeholder, region_token}, key=len, reverse=True))
+            + ")"
         )
         chat_template = DEFAULT_CHAT_TEMPLATE if chat_template is None else chat_template
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
@@ -192,16 +226,24 @@ class FerretProcessor(ProcessorMixin):
             (normalised `(x, y)`, zero rows after a sample's regions) and `region_counts` int64 `[batch_size]`.
         """
         region_generator = kwargs.pop("region_generator", None)
-        if images is not None:
-            images = self.image_processor.fetch_images(images)
+        images = prepare_images(images)
         if text is None:
             if regions is not None:
                 raise ValueError("`regions` were given without `text`: refer to them with `<region>` in `text`.")
             return super().__call__(images=images, text=text, **kwargs)
 
+        if not isinstance(text, (str, list, tuple)) or not all(isinstance(sample, str) for sample in text):
+            found = type(text).__name__ if not isinstance(text, (list, tuple)) else "a list holding " + ", ".join(
+                sorted({type(sample).__name__ for sample in text if not isinstance(sample, str)})
+            )
+            raise TypeError(f"`text` must be a string or a list of strings, got {found}.")
         texts = [text] if isinstance(text, str) else list(text)
-        self.validate_inputs(images=images, text=texts)
-        images_per_sample = self._split_images_per_sample(images, texts)
+        if not texts:
+            raise ValueError("`text` is an empty list: give at least one prompt.")
+        sanitized = kwargs.get("sanitize_control_tokens")
+        unmarked_texts = [_without_marked_tokens(sample) for sample in texts] if sanitized else texts
+        self.validate_inputs(images=images, text=unmarked_texts)
+        images_per_sample = self._split_images_per_sample(images, unmarked_texts)
         regions_per_sample = self._split_regions_per_sample(regions, len(texts))
         region_data = [
             self._expand_regions(index, sample_text, sample_images, sample_regions, region_generator)
@@ -211,6 +253,9 @@ class FerretProcessor(ProcessorMixin):
         ]
         texts = [sample_text for sample_text, _, _ in region_data]
         outputs = super().__call__(images=images, text=texts, **kwargs)
+        # Truncation must not cut region tokens either (ProcessorMixin checks the image tokens): a clear error here
+        # rather than a count mismatch in the model.
+        self._check_special_mm_tokens(texts, outputs, modalities=["region"])
 
         if "text_replacement_offsets" in outputs:
             image_offsets = outputs["text_replacement_offsets"] or [[] for _ in texts]
@@ -260,6 +305,11 @@ class FerretProcessor(ProcessorMixin):
         no_points = np.zeros((0, self.num_region_points, 2), dtype=np.float32)
         if not slots and not regions:
             return text, [], no_points
+        if self.max_regions_per_sample is not None and max(len(slots), len(regions)) > self.max_regions_per_sample:
+            raise ValueError(
+                f"Sample {index} refers to {max(len(slots), len(regions))} regions but the processor's "
+                f"`max_regions_per_sample` is {self.max_regions_per_sample}; split the sample or raise the limit."
+            )
         if len(images) != 1:
             raise ValueError(
                 f"Sample {index} refers to regions ({len(slots)} region placeholders in `text`, {len(regions)} "
@@ -376,10 +426,20 @@ class FerretProcessor(ProcessorMixin):
             [`parse_grounded_text`] for the rules. Malformed coordinates never raise.
         """
         is_single = isinstance(texts, str)
+        if not is_single and not (isinstance(texts, (list, tuple)) and all(isinstance(text, str) for text in texts)):
+            raise TypeError(f"`texts` must be a string or a list of strings, got {type(texts).__name__}.")
         texts = [texts] if is_single else list(texts)
         if isinstance(image_sizes, torch.Tensor):
             image_sizes = image_sizes.tolist()
-        sizes = np.asarray(image_sizes, dtype=np.int64).reshape(-1, 2)
+        try:
+            sizes = np.asarray(image_sizes, dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"`image_sizes` must be (height, width) pairs of positive integers, got {image_sizes!r}."
+            ) from None
+        if not (np.isfinite(sizes).all() and (sizes >= 1).all()):
+            raise ValueError(f"`image_sizes` must be (height, width) pairs of positive integers, got {image_sizes!r}.")
+        sizes = sizes.astype(np.int64)
         if len(sizes) == 1:
             sizes = np.repeat(sizes, len(texts), axis=0)
         if len(sizes) != len(texts):

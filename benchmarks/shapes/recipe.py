@@ -1,0 +1,96 @@
+"""The synthetic-shapes recipe's pieces: tokenizer, tiny Ferret, processor, data stream (used by train.py / evaluate.py).
+
+Everything is built locally and offline: a small BPE tokenizer trained on rendered synthetic conversations, a tiny
+Ferret whose vision tower comes from stage 0 (`pretrain_vision.py`), and an endless stream of fresh GRIT-format
+samples from `transformers_ferret.synthetic_shapes`.
+"""
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AddedToken, CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
+
+from transformers_ferret import FerretConfig, FerretForConditionalGeneration, FerretImageProcessorPil, FerretProcessor
+from transformers_ferret.processing_ferret import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT
+from transformers_ferret.synthetic_shapes import make_sample, render_conversation
+
+SYSTEM_PROMPT = "A chat about an image. Points are [x, y], boxes [x1, y1, x2, y2], on a 1000x1000 grid. "
+"""A short system text: the tiny model's context is small and every token costs CPU time."""
+
+SCENE_KWARGS = dict(min_side=160, max_side=320, num_objects=(2, 5), object_size=(20, 80))
+TASK_WEIGHTS = {"roc_open": 4, "roc_choice": 2, "rec": 2, "dense_detection": 1, "same_bbox": 1}
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+
+
+def train_tokenizer(num_samples: int = 1500, vocab_size: int = 320, seed: int = 99) -> PreTrainedTokenizerFast:
+    """A BPE over rendered synthetic conversations; digits are single tokens, as in LLaMA."""
+    texts = [SYSTEM_PROMPT, "USER: ASSISTANT:"]
+    for index in range(num_samples):
+        sample = make_sample(index, seed=seed, tasks=list(TASK_WEIGHTS) + ["grounded_description", "dense_referring"],
+                             turns_per_image=3, with_masks=False, **SCENE_KWARGS)  # fmt: skip
+        texts += [turn["value"].replace("<image>", "") for turn in render_conversation(sample, region_token=None)]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    backend.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    backend.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+    )
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [AddedToken("<region_fea>", lstrip=True, normalized=False, special=True),
+                                       AddedToken("<image>", normalized=False, special=True)]}  # fmt: skip
+    )
+    tokenizer.add_bos_token = True
+    return tokenizer
+
+
+def build_processor(tokenizer, image_size: int = 112, patch_size: int = 16, num_region_points: int = 256) -> FerretProcessor:
+    chat_template = DEFAULT_CHAT_TEMPLATE.replace(FERRET_SYSTEM_PROMPT, SYSTEM_PROMPT)
+    return FerretProcessor(
+        image_processor=FerretImageProcessorPil(size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer, chat_template=chat_template, patch_size=patch_size, num_region_points=num_region_points,
+    )  # fmt: skip
+
+
+def build_model(tokenizer, vision_dir: str | Path | None, seed: int = 0):
+    """Tiny Ferret v1: the stage-0 CLIP tower (192 wide, 4 layers, 112 px / patch 16), a 2-layer projector, a
+    4-layer Llama of width 256, and a reduced sampler (256 points, stages of 64 and 16 points, 16 neighbours)."""
+    torch.manual_seed(seed)
+    if vision_dir is not None:
+        vision_config = CLIPVisionConfig.from_pretrained(vision_dir)
+    else:
+        from pretrain_vision import tiny_clip_config
+
+        vision_config = tiny_clip_config()
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=256, intermediate_size=672, num_hidden_layers=4, num_attention_heads=4,
+        max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    config = FerretConfig(
+        vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), tie_word_embeddings=True,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        region_token_index=tokenizer.convert_tokens_to_ids("<region_fea>"), projector_type="mlp2x_gelu",
+        sampler_num_init_points=256, sampler_num_sub_points=[64, 16], sampler_num_neighbors=[16, 16],
+    )  # fmt: skip
+    model = FerretForConditionalGeneration(config)
+    if vision_dir is not None:
+        from transformers import CLIPVisionModel
+
+        model.model.vision_tower.load_state_dict(CLIPVisionModel.from_pretrained(vision_dir).state_dict())
+    model.generation_config.suppress_tokens = [config.image_token_id]
+    return model
+
+
+def sample_stream(seed: int, turns_per_image: int = 4, tasks=None, start: int = 0, **scene_overrides):
+    """An endless stream of fresh samples (index `start`, `start + 1`, ...)."""
+    scene_kwargs = {**SCENE_KWARGS, **scene_overrides}
+    index = start
+    while True:
+        yield make_sample(index, seed=seed, tasks=tasks or TASK_WEIGHTS, turns_per_image=turns_per_image, **scene_kwargs)
+        index += 1
+

@@ -47,10 +47,10 @@ def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path, parit
         folder = {str(tmp_path)!r}
         model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        inputs = torch.load(folder + "/inputs.pt")
+        inputs = torch.load(folder + "/inputs.pt", weights_only=True)
         with torch.no_grad():
             logits = model(**inputs).logits
-        assert torch.allclose(logits, torch.load(folder + "/expected.pt"), atol=1e-6)
+        assert torch.allclose(logits, torch.load(folder + "/expected.pt", weights_only=True), atol=1e-6)
         assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "FerretModel"
         assert type(AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)).__name__ == "FerretForConditionalGeneration"
         processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)

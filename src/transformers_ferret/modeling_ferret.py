@@ -256,6 +256,9 @@ class FerretModel(FerretPreTrainedModel):
         Ferret-v2: per image the global tokens, then the merged tile map row by row; the region map is the merged
         tile map plus the global map upsampled to its size (`H_a = H'_l + Upsample(H_g)`), raw or projected.
         """
+        self._check_pixel_values(pixel_values, "pixel_values", 4)
+        if pixel_values_tiles is not None:
+            self._check_pixel_values(pixel_values_tiles, "pixel_values_tiles", 5)
         vision_outputs = self._run_vision_tower(pixel_values, **vision_kwargs)
         vision_features = self._select_vision_features(
             vision_outputs, vision_feature_layer, vision_feature_select_strategy
@@ -356,6 +359,15 @@ class FerretModel(FerretPreTrainedModel):
             )
         return image_mask.unsqueeze(-1)
 
+    def _check_pixel_values(self, pixel_values: torch.Tensor, name: str, expected_dim: int) -> None:
+        """ValueError naming `name` for a wrong rank / channel count, or NaN / inf pixels (never NaN logits)."""
+        channels = self.config.vision_config.num_channels
+        if pixel_values.dim() != expected_dim or pixel_values.shape[-3] != channels:
+            shape = "[num_images, " + ("max_tiles, " if expected_dim == 5 else "") + f"{channels}, height, width]"
+            raise ValueError(f"`{name}` must have shape {shape}, got {tuple(pixel_values.shape)}.")
+        if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():
+            raise ValueError(f"`{name}` contain NaN or inf values.")
+
     def _dummy_region_feature(self, encoding: FerretImageEncoding) -> torch.Tensor:
         """The sampler's output for one region at the first image's centre, reduced to a scalar.
 
@@ -388,6 +400,13 @@ class FerretModel(FerretPreTrainedModel):
                 f"`region_points` must have shape [batch_size={batch_size}, max_regions, num_points, 2], "
                 f"got {tuple(region_points.shape)}."
             )
+        kept, neighbors = self.config.sampler_num_sub_points[0], self.config.sampler_num_neighbors[0]
+        if region_points.shape[2] < max(kept, neighbors):
+            raise ValueError(
+                f"`region_points` has {region_points.shape[2]} points per region but the region sampler keeps {kept} of "
+                f"them with {neighbors} neighbours; give {self.config.sampler_num_init_points} points per region "
+                "(`sampler_num_init_points`, the processor's `num_region_points`)."
+            )
         if not torch.isfinite(region_points).all():
             raise ValueError("`region_points` contain NaN or inf values.")
         if region_counts is None:
@@ -397,6 +416,11 @@ class FerretModel(FerretPreTrainedModel):
             raise ValueError(
                 f"Each sample needs one region per region token: `region_counts` is {region_counts.tolist()} but the "
                 f"text holds {tokens_per_row.tolist()} region tokens per sample."
+            )
+        if int(region_counts.max()) > region_points.shape[1]:
+            raise ValueError(
+                f"`region_points` holds {region_points.shape[1]} region slots per sample but `region_counts` is "
+                f"{region_counts.tolist()}."
             )
         if (region_counts[~image_rows] > 0).any():
             raise ValueError("Region tokens need an image: a sample with regions has no `<image>` tokens.")

@@ -154,8 +154,8 @@ class FerretProcessor(ProcessorMixin):
         max_regions_per_sample (`int`, *optional*, defaults to 32): most regions one sample may refer to; more raise a
             `ValueError` (every region costs a sampler pass and its points; `None` = no limit).
 
-    Placeholders are reserved: `<image>`, `<region_fea>` and `<region>` in `text` are always read as placeholders (their
-    counts must match `images` and `regions`, else a `ValueError`). With `apply_chat_template(...,
+    Placeholders are reserved: `<image>`, `<region_fea>` and `<region>` in `text` are always read as placeholders
+    (their counts must match `images` and `regions`, else a `ValueError`). With `apply_chat_template(...,
     sanitize_control_tokens=True)`, `<image>` and `<region_fea>` typed in message text are encoded as plain text and
     take no image or region; `<region>` stays the way to refer to a region. See `docs/robustness.md`.
     """
@@ -179,7 +179,9 @@ class FerretProcessor(ProcessorMixin):
             or not isinstance(max_regions_per_sample, int)
             or max_regions_per_sample < 1
         ):
-            raise ValueError(f"`max_regions_per_sample` must be a positive int or None, got {max_regions_per_sample!r}.")
+            raise ValueError(
+                f"`max_regions_per_sample` must be a positive int or None, got {max_regions_per_sample!r}."
+            )
         self.max_regions_per_sample = max_regions_per_sample
         self.patch_size = patch_size
         self.tile_patch_size = tile_patch_size
@@ -209,8 +211,10 @@ class FerretProcessor(ProcessorMixin):
         Prepares images, text and referred regions for the model.
 
         Args:
-            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a (nested) list of them): one image per
-                `<image>` in `text`, in order.
+            images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, a path / URL / base64 string, or a (nested)
+                list of them): one image per `<image>` in `text`, in order. Checked and normalised by
+                [`prepare_image`]: EXIF orientation applied (region coordinates refer to the displayed image), 16-bit
+                images scaled to 8 bits, float images read as [0, 1]; unusable images raise an error naming `images`.
             text (`str` or `list[str]`): prompts with `<image>` and one `<region>` per referred region.
             regions (`list`, *optional*): per sample, the list of its regions (an empty list for a sample without
                 regions); for a single sample the flat list is accepted. A region is a point `(x, y)`, a box

@@ -16,7 +16,7 @@
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230)]
 
@@ -37,7 +37,7 @@ def draw_grounding(image: Image.Image, entities: Sequence[dict], width: int = 2)
             and `"phrase"`.
         width: line width in pixels.
     """
-    canvas = image.convert("RGB").copy()
+    canvas = ImageOps.exif_transpose(image).convert("RGB")  # boxes refer to the image as displayed
     draw = ImageDraw.Draw(canvas)
     for index, entity in enumerate(entities):
         colour = PALETTE[index % len(PALETTE)]
@@ -56,7 +56,7 @@ def draw_regions(image: Image.Image, regions: Sequence, labels: Sequence[str] | 
         regions: points `(x, y)`, boxes `(x1, y1, x2, y2)` or `[height, width]` masks, in the image's pixels.
         labels: optional text per region (default `region0`, `region1`, ...).
     """
-    canvas = image.convert("RGB").copy()
+    canvas = ImageOps.exif_transpose(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     for index, region in enumerate(regions):
         colour = PALETTE[index % len(PALETTE)]

@@ -35,7 +35,7 @@ system role: as Ferret-UI's `ferret_gemma_instruct`, the system text is written 
 first user turn, and a finished model turn ends with `<end_of_turn>\\n<eos>` (both supervised).
 """
 
-from .processing_ferret import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT
+from .processing_ferret import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT, RENDER_CONTENT_MACRO
 
 
 FERRET_UI_SYSTEM_PROMPT = FERRET_SYSTEM_PROMPT.rstrip(" ")
@@ -43,22 +43,6 @@ FERRET_UI_SYSTEM_PROMPT = FERRET_SYSTEM_PROMPT.rstrip(" ")
 
 VICUNA_CHAT_TEMPLATE = DEFAULT_CHAT_TEMPLATE
 """Vicuna v1 with Ferret's system text, as the original Ferret renders it (the processor's default template)."""
-
-# Images first in their message, then the text items joined by "\n" (the same rendering as DEFAULT_CHAT_TEMPLATE).
-_RENDER_CONTENT = """
-{%- macro render_content(content) -%}
-    {%- if content is string -%}
-        {{- content -}}
-    {%- else -%}
-        {%- for item in content if item.type == 'image' -%}
-            {{- '<image>\\n' -}}
-        {%- endfor -%}
-        {%- for item in content if item.type == 'text' -%}
-            {{- ('\\n' if not loop.first else '') + item.text -}}
-        {%- endfor -%}
-    {%- endif -%}
-{%- endmacro -%}
-"""
 
 # `system_text` = the system message's content, or Ferret-UI's system text when there is none.
 _SYSTEM_TEXT = """
@@ -77,7 +61,7 @@ _UNKNOWN_ROLE = (
 
 
 def _template(body: str) -> str:
-    return (_RENDER_CONTENT + _SYSTEM_TEXT + body).replace("@FERRET_UI_SYSTEM_PROMPT@", FERRET_UI_SYSTEM_PROMPT)
+    return (RENDER_CONTENT_MACRO + _SYSTEM_TEXT + body).replace("@FERRET_UI_SYSTEM_PROMPT@", FERRET_UI_SYSTEM_PROMPT)
 
 
 LLAMA3_CHAT_TEMPLATE = _template(

@@ -54,7 +54,7 @@ FERRET_SYSTEM_PROMPT = (
 # Vicuna v1 as the original Ferret renders it: `<s>` + system + " " + "USER: <image>\n... " + "ASSISTANT: ...</s>" ...
 # ending with "ASSISTANT:" for generation. Images go first in their message; several text items are joined by "\n".
 # Every tag trims the whitespace around it, so only the quoted strings reach the output.
-DEFAULT_CHAT_TEMPLATE = """
+RENDER_CONTENT_MACRO = """
 {%- macro render_content(content) -%}
     {%- if content is string -%}
         {{- content -}}
@@ -67,6 +67,11 @@ DEFAULT_CHAT_TEMPLATE = """
         {%- endfor -%}
     {%- endif -%}
 {%- endmacro -%}
+"""
+"""Jinja macro shared by the Ferret chat templates: images first in their message (`<image>\\n` each), then the text
+items joined by newlines."""
+
+DEFAULT_CHAT_TEMPLATE = RENDER_CONTENT_MACRO + """
 {{- bos_token -}}
 {%- if messages and messages[0].role == 'system' -%}
     {{- render_content(messages[0].content) + ' ' -}}

@@ -482,9 +482,9 @@ class FerretModel(FerretPreTrainedModel):
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
 
-        is_prefill = past_key_values is None or past_key_values.get_seq_length() == 0
         region_mask = self._token_mask(self.config.region_token_id, input_ids, inputs_embeds)
-        if region_points is not None or (is_prefill and pixel_values is not None and region_mask.any()):
+        # region tokens in a prompt that has an image need regions; decode steps (no pixel values) embed them as text
+        if region_points is not None or (pixel_values is not None and region_mask.any()):
             if pixel_values is None:
                 raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
             image_rows = image_mask.squeeze(-1).any(-1)

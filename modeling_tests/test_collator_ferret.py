@@ -18,15 +18,6 @@ TEXT_CONFIG = {"model_type": "llama", "vocab_size": 502, "hidden_size": 32, "int
 HEIGHT, WIDTH = 40, 60
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy CPU their synchronisation costs 10-30x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer(parity_dir):
     return convert_original_tokenizer(parity_dir / "ferret_tiny")

@@ -45,7 +45,9 @@ def main():
     gathered = accelerator.gather(torch.tensor([float(changed)]))
     accelerator.print(f"sampler updated on every rank: {gathered.tolist()}; {accelerator.num_processes} processes, {type(model).__name__}")
     if accelerator.is_main_process and gathered.min() == 1:
-        print("DDP_OK")
+        print("DDP_OK", flush=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # destroys the process group: gloo's threads must not outlive the interpreter
 
 
 if __name__ == "__main__":

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import tiny_ferret_config, tiny_ferret_v2_config
+from tiny_models import tiny_processor, tiny_ferret_config, tiny_ferret_v2_config
 
 from transformers_ferret import FerretForConditionalGeneration, FerretImageProcessorPil, FerretProcessor
 from transformers_ferret.collator_ferret import FerretDataCollator, coordinate_text
 from transformers_ferret.data_grit import load_grit, mask_to_rle
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
 TEXT_CONFIG = {"model_type": "llama", "vocab_size": 502, "hidden_size": 32, "intermediate_size": 64,
                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}  # fmt: skip
@@ -19,14 +18,13 @@ HEIGHT, WIDTH = 40, 60
 
 
 @pytest.fixture(scope="module")
-def tokenizer(parity_dir):
-    return convert_original_tokenizer(parity_dir / "ferret_tiny")
+def processor(parity_dir):
+    return tiny_processor(parity_dir, num_region_points=16)
 
 
 @pytest.fixture(scope="module")
-def processor(tokenizer):
-    image_processor = FerretImageProcessorPil(size={"height": 28, "width": 28})
-    return FerretProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14, num_region_points=16)
+def tokenizer(processor):
+    return processor.tokenizer
 
 
 def _image(seed=0, height=HEIGHT, width=WIDTH):

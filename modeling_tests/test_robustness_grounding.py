@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from transformers_ferret import FerretImageProcessorPil, FerretProcessor
+from tiny_models import tiny_processor
+
 from transformers_ferret.region_utils import parse_grounded_text
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
 
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):  # keep Hypothesis' caches out of the repository
@@ -23,10 +23,7 @@ if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):  # keep Hypothesis' cache
 
 @pytest.fixture(scope="module")
 def processor(parity_dir):
-    return FerretProcessor(
-        image_processor=FerretImageProcessorPil(size={"height": 28, "width": 28}),
-        tokenizer=convert_original_tokenizer(parity_dir / "ferret_tiny"), patch_size=14, num_region_points=16,
-    )  # fmt: skip
+    return tiny_processor(parity_dir, num_region_points=16)
 
 
 def _assert_well_formed(result: dict, height: int, width: int) -> None:

@@ -10,17 +10,15 @@ import pytest
 import torch
 from PIL import ExifTags, Image
 
-from transformers_ferret import FerretImageProcessorPil, FerretProcessor
+from tiny_models import tiny_processor
+
+from transformers_ferret import FerretImageProcessorPil
 from transformers_ferret.image_processing_ferret import prepare_image
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
 
 @pytest.fixture(scope="module")
 def processor(parity_dir):
-    return FerretProcessor(
-        image_processor=FerretImageProcessorPil(size={"height": 28, "width": 28}),
-        tokenizer=convert_original_tokenizer(parity_dir / "ferret_tiny"), patch_size=14, num_region_points=16,
-    )  # fmt: skip
+    return tiny_processor(parity_dir, num_region_points=16)
 
 
 def _rgb(height=20, width=30, seed=0) -> np.ndarray:

@@ -5,12 +5,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import NUM_POINTS, batch_inputs, make_sample, tiny_ferret_model
+from tiny_models import tiny_processor, NUM_POINTS, batch_inputs, make_sample, tiny_ferret_model
 
-from transformers_ferret import FerretImageProcessorPil, FerretProcessor
 from transformers_ferret.modeling_ferret_sampler import farthest_point_sample, knn_indices, sample_point_features
 from transformers_ferret.modeling_ferret_sampler import square_distance
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
 
 # --- direct model inputs (tiny model of tiny_models.py, vocabulary 64) ---
@@ -92,10 +90,7 @@ def test_half_precision_region_points_work_with_an_fp32_model(model, inputs):
 
 @pytest.fixture(scope="module")
 def processor(parity_dir):
-    return FerretProcessor(
-        image_processor=FerretImageProcessorPil(size={"height": 28, "width": 28}),
-        tokenizer=convert_original_tokenizer(parity_dir / "ferret_tiny"), patch_size=14, num_region_points=NUM_POINTS,
-    )  # fmt: skip
+    return tiny_processor(parity_dir, num_region_points=NUM_POINTS)
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from transformers_ferret import FerretImageProcessorPil, FerretProcessor
+from tiny_models import tiny_processor
+
 from transformers_ferret.region_utils import POINT_SPAN, mask_to_points, normalize_region
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
 
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):  # keep Hypothesis' caches out of the repository
@@ -30,10 +30,7 @@ SETTINGS = settings(max_examples=150, deadline=None, database=None,
 
 @pytest.fixture(scope="module")
 def processor(parity_dir):
-    return FerretProcessor(
-        image_processor=FerretImageProcessorPil(size={"height": 28, "width": 28}),
-        tokenizer=convert_original_tokenizer(parity_dir / "ferret_tiny"), patch_size=14, num_region_points=NUM_POINTS,
-    )  # fmt: skip
+    return tiny_processor(parity_dir, num_region_points=NUM_POINTS)
 
 
 @st.composite

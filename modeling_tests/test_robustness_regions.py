@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from transformers_ferret import FerretImageProcessorPil, FerretProcessor
+from tiny_models import tiny_processor
+
+from transformers_ferret import FerretProcessor
 from transformers_ferret.region_utils import normalize_region
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
 
 HEIGHT, WIDTH = 20, 30
@@ -16,10 +17,7 @@ HEIGHT, WIDTH = 20, 30
 
 @pytest.fixture(scope="module")
 def processor(parity_dir):
-    return FerretProcessor(
-        image_processor=FerretImageProcessorPil(size={"height": 28, "width": 28}),
-        tokenizer=convert_original_tokenizer(parity_dir / "ferret_tiny"), patch_size=14, num_region_points=16,
-    )  # fmt: skip
+    return tiny_processor(parity_dir, num_region_points=16)
 
 
 @pytest.fixture(scope="module")

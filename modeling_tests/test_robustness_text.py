@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transformers_ferret import FerretImageProcessorPil, FerretProcessor
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+from tiny_models import tiny_processor
+
 
 
 IMAGE_TOKEN_ID, REGION_TOKEN_ID = 501, 500
@@ -13,10 +13,7 @@ IMAGE_TOKEN_ID, REGION_TOKEN_ID = 501, 500
 
 @pytest.fixture(scope="module")
 def processor(parity_dir):
-    return FerretProcessor(
-        image_processor=FerretImageProcessorPil(size={"height": 28, "width": 28}),
-        tokenizer=convert_original_tokenizer(parity_dir / "ferret_tiny"), patch_size=14, num_region_points=16,
-    )  # fmt: skip
+    return tiny_processor(parity_dir, num_region_points=16)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import tiny_ferret_config, tiny_ferret_v2_config
+from tiny_models import tiny_processor, tiny_ferret_config, tiny_ferret_v2_config
 
 from transformers_ferret import FerretForConditionalGeneration, FerretImageProcessorPil, FerretProcessor
 from transformers_ferret.collator_ferret import FerretDataCollator
 from transformers_ferret.data_grit import load_grit, mask_to_rle
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 from transformers_ferret.training_stages import apply_training_stage
 
 trl = pytest.importorskip("trl")
@@ -25,14 +24,13 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 230)}
 
 
 @pytest.fixture(scope="module")
-def tokenizer(parity_dir):
-    return convert_original_tokenizer(parity_dir / "ferret_tiny")
+def processor(parity_dir):
+    return tiny_processor(parity_dir, num_region_points=16)
 
 
 @pytest.fixture(scope="module")
-def processor(tokenizer):
-    image_processor = FerretImageProcessorPil(size={"height": 28, "width": 28})
-    return FerretProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14, num_region_points=16)
+def tokenizer(processor):
+    return processor.tokenizer
 
 
 def _model(v2=False, seed=0):

@@ -134,3 +134,16 @@ def batch_v2_inputs(samples: list[dict], padding_side: str = "left") -> dict:
     inputs["pixel_values_tiles"] = tiles
     inputs["image_grids"] = torch.tensor([sample["grid"] for sample in samples])
     return inputs
+
+
+def tiny_processor(parity_dir, num_region_points: int = NUM_POINTS, image_size: int = IMAGE_SIZE):
+    """A FerretProcessor for the tiny models: the parity fixture's converted tokenizer (`<image>` = 501,
+    `<region_fea>` = 500), a `image_size`-pixel stretch image processor, patch 14."""
+    from transformers_ferret import FerretImageProcessorPil, FerretProcessor
+    from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+
+    return FerretProcessor(
+        image_processor=FerretImageProcessorPil(size={"height": image_size, "width": image_size}),
+        tokenizer=convert_original_tokenizer(parity_dir / "ferret_tiny"), patch_size=PATCH_SIZE,
+        num_region_points=num_region_points,
+    )  # fmt: skip

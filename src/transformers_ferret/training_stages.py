@@ -32,24 +32,6 @@ from __future__ import annotations
 from torch import nn
 
 
-STAGES = {
-    "v1-stage1": ("multi_modal_projector",),
-    "v1-stage2": ("multi_modal_projector", "region_sampler", "language_model", "lm_head"),
-    "v2-stage1": ("multi_modal_projector",),
-    "v2-stage2": ("multi_modal_projector", "tile_projector", "tile_feature_adapter", "region_sampler"),
-    "v2-stage3": (
-        "vision_tower",
-        "tile_vision_tower",
-        "multi_modal_projector",
-        "tile_projector",
-        "tile_feature_adapter",
-        "region_sampler",
-        "language_model",
-        "lm_head",
-    ),
-}
-"""Trainable top-level modules of each stage (names of `FerretModel` children, plus `lm_head`)."""
-
 MODULE_NAMES = (
     "vision_tower",
     "tile_vision_tower",
@@ -60,6 +42,16 @@ MODULE_NAMES = (
     "language_model",
     "lm_head",
 )
+"""Every top-level trainable part of a Ferret model (names of `FerretModel` children, plus `lm_head`)."""
+
+STAGES = {
+    "v1-stage1": ("multi_modal_projector",),
+    "v1-stage2": ("multi_modal_projector", "region_sampler", "language_model", "lm_head"),
+    "v2-stage1": ("multi_modal_projector",),
+    "v2-stage2": ("multi_modal_projector", "tile_projector", "tile_feature_adapter", "region_sampler"),
+    "v2-stage3": MODULE_NAMES,  # everything trains
+}
+"""Trainable top-level modules of each stage (names of `FerretModel` children, plus `lm_head`)."""
 
 
 def _ferret_parts(model: nn.Module) -> tuple[nn.Module, dict[str, nn.Module], str]:

@@ -162,6 +162,22 @@ def test_device_map_auto_with_disk_offload_matches(version, tmp_path):
     assert torch.equal(_greedy(loaded, inputs), _greedy(model, inputs))
 
 
+def test_region_sampler_offloaded_to_disk_gives_the_in_memory_region_features(saved_v1, tmp_path):
+    """With the sampler on disk its weights exist only inside each submodule's own call (accelerate's hooks): the
+    sampler must call its layers, never read their weights (reading `fusion.weight` gives a meta tensor)."""
+    folder, model, inputs = saved_v1
+    device_map = {"model.vision_tower": "cpu", "model.multi_modal_projector": "cpu", "model.region_sampler": "disk",
+                  "model.language_model": "cpu", "lm_head": "cpu"}  # fmt: skip
+    loaded = FerretForConditionalGeneration.from_pretrained(
+        folder, device_map=device_map, offload_folder=tmp_path / "offload"
+    ).eval()
+    assert loaded.model.region_sampler.layers[0].fusion.weight.device.type == "meta"
+    with torch.inference_mode():
+        expected, offloaded = model(**inputs), loaded(**inputs)
+    torch.testing.assert_close(offloaded.region_hidden_states, expected.region_hidden_states, rtol=0, atol=0)
+    torch.testing.assert_close(offloaded.logits, expected.logits)
+
+
 def test_benchmark_quick_run_reports_every_section(tmp_path):
     output, plot = tmp_path / "results.json", tmp_path / "growth.png"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

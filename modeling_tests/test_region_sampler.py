@@ -1,0 +1,118 @@
+"""The region sampler's folded, chunked computation against the plain per-pair formula of the original code."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from transformers_ferret import FerretConfig
+from transformers_ferret.modeling_ferret_sampler import (
+    FerretRegionSampler,
+    farthest_point_sample,
+    gather_points,
+    knn_indices,
+    sample_point_features,
+)
+
+
+def _sampler(pooler_mode: str = "max", channels: int = 24, seed: int = 0, **overrides) -> FerretRegionSampler:
+    config = FerretConfig(
+        vision_config={"model_type": "clip_vision_model", "hidden_size": channels, "num_attention_heads": 1},
+        text_config={"model_type": "llama", "hidden_size": 20, "num_attention_heads": 1, "vocab_size": 64},
+        sampler_num_init_points=48, sampler_num_sub_points=[16, 6], sampler_num_neighbors=[5, 4],
+        sampler_pooler_mode=pooler_mode, sampler_transposed_read=True, **overrides,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    sampler = FerretRegionSampler(config)
+    for parameter in sampler.parameters():  # non-zero biases and LayerNorm weights: every term of the fold counts
+        torch.nn.init.normal_(parameter, std=0.3)
+    return sampler.eval()
+
+
+def _inputs(seed: int = 1):
+    """3 images with 3, 0 and 4 regions (slots padded to 4), maps of different real extents."""
+    generator = torch.Generator().manual_seed(seed)
+    maps = torch.randn(3, 24, 7, 9, generator=generator)
+    points = torch.rand(3, 4, 48, 2, generator=generator)
+    valid = torch.tensor([[True, True, True, False], [False] * 4, [True] * 4])
+    extent = torch.tensor([[1.0, 1.0], [0.5, 0.75], [0.8, 0.6]])
+    return maps, points, valid, extent
+
+
+def _reference_stage(layer, points, features):
+    """One stage as the original code writes it: the `[R, S, K, 2 (C + 2)]` pair tensor through both layers."""
+    kept = farthest_point_sample(points, layer.num_samples)
+    centres = gather_points(points, kept)
+    neighbours = knn_indices(centres, points, layer.num_neighbors)
+    local = torch.cat([gather_points(features, neighbours), gather_points(points, neighbours)], -1)
+    anchor = torch.cat([gather_points(features, kept), centres], -1).unsqueeze(2)
+    offsets = F.linear(local - anchor, layer.neighbor_projection.weight, layer.neighbor_projection.bias)
+    pairs = torch.cat([offsets, anchor.expand_as(offsets)], -1)
+    hidden = layer.norm(F.relu(F.linear(pairs, layer.fusion.weight, layer.fusion.bias)))
+    return centres, hidden.amax(2) if layer.pooler_mode == "max" else hidden.mean(2)
+
+
+def _reference_sampler(sampler, maps, points, valid, extent):
+    """All valid regions at once (no chunks), per-pair fusion."""
+    features = sample_point_features(maps, points.flatten(1, 2), sampler.transposed_read, extent)
+    features = features.unflatten(1, points.shape[1:3])[valid]
+    region_points = points[valid]
+    for layer in sampler.layers:
+        region_points, features = _reference_stage(layer, region_points, features)
+    return sampler.output_projection(sampler.flatten_projection(features.flatten(1)))
+
+
+@pytest.mark.parametrize("pooler_mode", ["max", "mean"])
+def test_folded_fusion_equals_the_per_pair_formula_for_each_stage(pooler_mode):
+    sampler = _sampler(pooler_mode)
+    points = torch.rand(5, 48, 2, generator=torch.Generator().manual_seed(2))
+    features = torch.randn(5, 48, 24, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for layer in sampler.layers:
+            centres, pooled = layer(points, features)
+            expected_centres, expected = _reference_stage(layer, points, features)
+            assert torch.equal(centres, expected_centres)
+            torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+            points, features = centres, pooled
+
+
+@pytest.mark.parametrize("pooler_mode", ["max", "mean"])
+def test_chunked_sampler_equals_the_unchunked_per_pair_reference_across_images(pooler_mode):
+    sampler = _sampler(pooler_mode)
+    maps, points, valid, extent = _inputs()
+    assert sampler.chunk_size(maps) >= int(valid.sum())  # tiny sizes: all 7 regions in one chunk by default
+    with torch.no_grad():
+        expected = _reference_sampler(sampler, maps, points, valid, extent)
+        whole = sampler(maps, points, valid, extent)
+        for budget in (1, 2 * 16 * 5 * 24):  # one region per chunk; two regions per chunk (the last chunk has one)
+            sampler.max_chunk_elements = budget
+            chunked = sampler(maps, points, valid, extent)
+            torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)  # matmul blocking differs
+    assert whole.shape == (7, 20)
+    torch.testing.assert_close(whole, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_sampler_gradients_equal_the_reference_gradients():
+    sampler = _sampler()
+    sampler.max_chunk_elements = 1
+    maps, points, valid, extent = _inputs()
+    maps.requires_grad_(True)
+    inputs = [maps, *sampler.parameters()]
+    ours = torch.autograd.grad(sampler(maps, points, valid, extent).square().sum(), inputs)
+    expected = torch.autograd.grad(_reference_sampler(sampler, maps, points, valid, extent).square().sum(), inputs)
+    for got, want in zip(ours, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_size_bounds_the_work_tensor_and_the_map_copy():
+    sampler = _sampler()
+    budget = sampler.max_chunk_elements
+    assert sampler.chunk_size(torch.zeros(1, 24, 7, 9)) == budget // (16 * 5 * 24)  # [chunk, S, K, C] dominates
+    assert sampler.chunk_size(torch.zeros(1, 24, 100, 100)) == budget // (100 * 100 * 24)  # the map copy dominates
+    assert sampler.chunk_size(torch.zeros(1, 24, 2000, 2000)) == 1  # at least one region
+
+
+def test_no_valid_region_gives_an_empty_result_in_the_output_width():
+    sampler = _sampler()
+    maps, points, _, extent = _inputs()
+    output = sampler(maps, points, torch.zeros(3, 4, dtype=torch.bool), extent)
+    assert output.shape == (0, 20)

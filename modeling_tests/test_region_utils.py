@@ -250,3 +250,66 @@ def test_empty_mask_raises():
     masks[0, 1, 1] = True
     with pytest.raises(ValueError, match=r"`regions`.*positions \[1\] are empty"):
         mask_to_points(masks)
+
+
+def _listed_pixels(mask: torch.Tensor) -> torch.Tensor:
+    """Every pixel `(x, y)` of an `[H, W]` mask, sorted by x then y: the list the original code sampled from."""
+    return mask.T.nonzero()
+
+
+def _points_from_the_pixel_list(masks: torch.Tensor, num_points: int) -> torch.Tensor:
+    """The earlier `mask_to_points` without generator: list every pixel, take pixel floor(k n / P) (or k mod n)."""
+    points = []
+    for mask in masks:
+        pixels = _listed_pixels(mask != 0)
+        n, k = len(pixels), torch.arange(num_points)
+        points.append(pixels[k * n // num_points if n > num_points else k % n])
+    return torch.stack(points).float() / torch.tensor([masks.shape[2], masks.shape[1]], dtype=torch.float32)
+
+
+def _random_masks(generator: torch.Generator, count: int, height: int, width: int) -> torch.Tensor:
+    """Masks of every density, from a few pixels to full; shapes with holes and with empty columns and rows."""
+    density = torch.rand(count, 1, 1, generator=generator) ** 3
+    masks = torch.rand(count, height, width, generator=generator) < density
+    masks[:, torch.randint(height, (1,), generator=generator), torch.randint(width, (1,), generator=generator)] = True
+    return masks
+
+
+def test_mask_points_equal_taking_them_from_the_list_of_every_pixel_on_random_masks():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        height, width = torch.randint(1, 50, (2,), generator=generator).tolist()
+        masks = _random_masks(generator, 4, height, width)
+        for num_points in (1, 7, 64, int(masks[0].sum())):
+            assert torch.equal(mask_to_points(masks, num_points), _points_from_the_pixel_list(masks, num_points))
+    # non-boolean masks (nonzero = inside), and masks given as a list of arrays
+    masks = _random_masks(generator, 3, 40, 30)
+    expected = _points_from_the_pixel_list(masks, 32)
+    assert torch.equal(mask_to_points(masks.to(torch.uint8) * 3, 32), expected)
+    assert torch.equal(mask_to_points(list(masks.numpy()), 32), expected)
+
+
+def test_seeded_points_of_large_masks_are_a_randperm_of_the_pixel_list():
+    generator = torch.Generator().manual_seed(1)
+    masks = _random_masks(generator, 5, 40, 50)
+    masks[2] = False
+    masks[2, 3, 4:7] = True  # 3 pixels: repeated cyclically, no draw
+    points = mask_to_points(masks, 48, generator=torch.Generator().manual_seed(7))
+    draws = torch.Generator().manual_seed(7)
+    for mask, region_points in zip(masks, points):
+        pixels = _listed_pixels(mask)
+        if len(pixels) > 48:
+            pixels = pixels[torch.randperm(len(pixels), generator=draws)[:48]]
+        else:
+            pixels = pixels[torch.arange(48) % len(pixels)]
+        assert torch.equal(region_points, pixels.float() / torch.tensor([50.0, 40.0]))
+
+
+def test_mask_coordinate_text_is_the_bounding_box_of_its_pixels():
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(30):
+        height, width = torch.randint(1, 60, (2,), generator=generator).tolist()
+        mask = _random_masks(generator, 1, height, width)[0].numpy()
+        rows, columns = np.nonzero(mask)
+        box = np.array([columns.min(), rows.min(), columns.max(), rows.max()]) * 1000 / [width, height, width, height]
+        assert normalize_region(mask, (height, width))[1] == "[" + ", ".join(str(int(v)) for v in box) + "]"

@@ -350,7 +350,7 @@ class FerretProcessor(ProcessorMixin):
                 }
             )
             copied_until, shift = end, shift + len(replacement) - (end - start)
-        points = mask_to_points(torch.from_numpy(np.stack(masks)), self.num_region_points, generator=generator)
+        points = mask_to_points(masks, self.num_region_points, generator=generator)
         return "".join(pieces) + text[copied_until:], offsets, points.numpy()
 
     def _batch_region_points(self, points_per_sample: list[np.ndarray], return_tensors) -> BatchFeature:

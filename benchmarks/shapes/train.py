@@ -4,7 +4,7 @@
     python benchmarks/shapes/train.py --vision runs/vision --output-dir runs/ferret --max-steps 1500
 
 Every step sees fresh scenes (an endless `datasets.IterableDataset`); the collator is the library's
-`FerretDataCollator`; bf16 autocast on CPUs that have it. Writes the model + processor (loadable with
+`FerretDataCollator`; fp32 by default (`--bf16` autocast was 2x slower per Linear on this Xeon, see README). Writes the model + processor (loadable with
 `from_pretrained`) and `train_log.json` (loss per logging step).
 """
 
@@ -15,11 +15,19 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
+from torch import nn
 from trl import SFTConfig, SFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import build_model, build_processor, sample_stream, train_tokenizer  # noqa: E402
+from pretrain_vision import make_batch  # noqa: E402
+from recipe import build_model, build_processor, sample_stream, to_any_resolution, train_tokenizer  # noqa: E402
+
+import transformers_ferret  # noqa: E402,F401  (registers Ferret with the Auto classes)
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+
+from transformers_ferret.synthetic_shapes import COLOURS, SHAPES  # noqa: E402
 
 from transformers_ferret import FerretDataCollator  # noqa: E402
 from transformers_ferret.data_grit import GRIT_FEATURES  # noqa: E402
@@ -27,9 +35,59 @@ from transformers_ferret.data_grit import GRIT_FEATURES  # noqa: E402
 GRIT_COLUMNS = list(GRIT_FEATURES)
 
 
-def grit_rows(seed: int, turns_per_image: int):
-    for sample in sample_stream(seed, turns_per_image=turns_per_image):
+def grit_rows(seed: int, turns_per_image: int, scene_overrides: dict):
+    for sample in sample_stream(seed, turns_per_image=turns_per_image, **scene_overrides):
         yield {column: sample.get(column) for column in GRIT_COLUMNS}
+
+
+class CoordinatesOnlyCollator(FerretDataCollator):
+    """The coordinates-only ablation: the same text (coordinates + the region token), but no region points reach
+    the model, whose `region_token_index` points at an unused token, so the region token is a plain learned
+    embedding."""
+
+    def __call__(self, examples):
+        batch = super().__call__(examples)
+        batch.pop("region_points", None)
+        batch.pop("region_counts", None)
+        return batch
+
+
+class DenseAuxiliaryTrainer(SFTTrainer):
+    """SFTTrainer plus stage 0's dense per-patch colour/shape loss on a separate batch of fresh scenes each step.
+
+    The CPU notes measured that keeping this loss during instruction tuning is what makes the tiny tower learn shape;
+    the two linear heads live on the model as `dense_auxiliary_heads` during training and are removed before saving.
+    """
+
+    def __init__(self, *args, aux_weight: float, aux_batch_size: int, aux_seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.aux_weight, self.aux_batch_size = aux_weight, aux_batch_size
+        self.aux_rng = np.random.default_rng([aux_seed, 1])
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not model.training or self.aux_weight == 0:
+            return result
+        loss = result[0] if return_outputs else result
+        vision_config = model.config.vision_config
+        grid = vision_config.image_size // vision_config.patch_size
+        pixels, colours, shapes = make_batch(self.aux_rng, self.processing_class.image_processor, self.aux_batch_size, grid)
+        tower = model.model.vision_tower
+        features = tower(pixels.to(model.device), output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+        heads = model.dense_auxiliary_heads
+        aux = nn.functional.cross_entropy(heads["colour"](features[:, 1:]).flatten(0, 1), colours.flatten().to(model.device)) + \
+            nn.functional.cross_entropy(heads["shape"](features[:, 1:]).flatten(0, 1), shapes.flatten().to(model.device))  # fmt: skip
+        self._aux_history.append(aux.item())
+        loss = loss + self.aux_weight * aux
+        return (loss, result[1]) if return_outputs else loss
+
+    _aux_history: list = []
+
+    def log(self, logs, *args, **kwargs):
+        if self._aux_history and "loss" in logs:
+            logs["aux_loss"] = round(sum(self._aux_history) / len(self._aux_history), 4)
+            self._aux_history.clear()
+        super().log(logs, *args, **kwargs)
 
 
 def main(argv=None):
@@ -41,38 +99,73 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--turns-per-image", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--logging-steps", type=int, default=10)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="data-loader processes (overlap scene generation)")
+    parser.add_argument("--aux-weight", type=float, default=1.0, help="dense per-patch loss weight (0 = off)")
+    parser.add_argument("--aux-batch-size", type=int, default=16)
+    parser.add_argument("--init-from", help="continue from this checkpoint (model + processor) instead of a new model")
+    parser.add_argument("--any-resolution", action="store_true",
+                        help="with --init-from: turn the v1 checkpoint into a Ferret-v2 (recipe.to_any_resolution)")  # fmt: skip
+    parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
+                        help="object sizes in source pixels (default: the recipe's 20 80)")  # fmt: skip
+    parser.add_argument("--coordinates-only", action="store_true",
+                        help="ablation: the region token is a plain embedding, no region features")  # fmt: skip
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    tokenizer = train_tokenizer()
-    processor = build_processor(tokenizer)
-    model = build_model(tokenizer, args.vision, seed=args.seed)
+    if args.init_from:
+        processor = AutoProcessor.from_pretrained(args.init_from)
+        model = AutoModelForImageTextToText.from_pretrained(args.init_from)
+        tokenizer = processor.tokenizer
+        if args.any_resolution:
+            model, processor = to_any_resolution(model, processor)
+    else:
+        tokenizer = train_tokenizer(extra_tokens=["<unused_region>"] if args.coordinates_only else ())
+        processor = build_processor(tokenizer)
+        model = build_model(tokenizer, args.vision, seed=args.seed)
+    if args.coordinates_only:
+        model.config.region_token_index = tokenizer.convert_tokens_to_ids("<unused_region>")
+    if args.aux_weight:
+        width = model.config.vision_config.hidden_size
+        model.dense_auxiliary_heads = nn.ModuleDict(
+            {"colour": nn.Linear(width, len(COLOURS) + 1), "shape": nn.Linear(width, len(SHAPES) + 1)}
+        )
+    scene_overrides = {"object_size": tuple(args.object_size)} if args.object_size else {}
     dataset = datasets.IterableDataset.from_generator(
-        grit_rows, gen_kwargs={"seed": args.seed, "turns_per_image": args.turns_per_image}, features=GRIT_FEATURES
-    )
+        grit_rows, features=GRIT_FEATURES,
+        gen_kwargs={"seed": args.seed, "turns_per_image": args.turns_per_image, "scene_overrides": scene_overrides},
+    )  # fmt: skip
     config = SFTConfig(
         output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, args.max_steps // 25),
-        weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=10, save_strategy="no", report_to="none",
+        weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=args.logging_steps, save_strategy="no", report_to="none",
         use_cpu=True, bf16=args.bf16, activation_checkpointing=False, max_length=None, remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0, seed=args.seed,
+        dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=args.workers, seed=args.seed,
     )  # fmt: skip
-    trainer = SFTTrainer(
+    collator_class = CoordinatesOnlyCollator if args.coordinates_only else FerretDataCollator
+    trainer = DenseAuxiliaryTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=processor,
-        data_collator=FerretDataCollator(processor, seed=args.seed),
+        data_collator=collator_class(processor, seed=args.seed), aux_weight=args.aux_weight,
+        aux_batch_size=args.aux_batch_size, aux_seed=args.seed,
     )  # fmt: skip
     trainer.train()
+    if args.aux_weight:
+        del model.dense_auxiliary_heads
     output = Path(args.output_dir)
     model.save_pretrained(output)
     processor.save_pretrained(output)
     log = [entry for entry in trainer.state.log_history if "loss" in entry]
     summary = {"steps": args.max_steps, "batch_size": args.batch_size, "seconds": round(time.perf_counter() - started),
-               "vision": args.vision, "log": log}  # fmt: skip
+               "vision": args.vision, "aux_weight": args.aux_weight,
+               "coordinates_only": args.coordinates_only, "turns_per_image": args.turns_per_image,
+               "init_from": args.init_from, "any_resolution": args.any_resolution, "object_size": args.object_size,
+               "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))
+    return summary
 
 
 if __name__ == "__main__":

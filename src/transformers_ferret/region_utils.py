@@ -236,14 +236,17 @@ def _mask_pixels_at_ranks(mask: np.ndarray, per_column: np.ndarray, ranks: np.nd
     """
     The pixels of `mask` [height, width] at positions `ranks` [P] of the x-major list of its pixels (column by column,
     rows ascending), found without listing the pixels: the cumulative column counts `per_column` [width] give each
-    rank's column, a running count down the (at most `P`) columns involved gives its row. Returns `[P, 2]` `(x, y)`.
+    rank's column, a running count down the (at most `P`) columns involved gives its row. Only the band of rows that
+    holds pixels is read. Returns `[P, 2]` `(x, y)`.
     """
-    ends = np.cumsum(per_column)
+    ends = np.cumsum(per_column, dtype=np.int64)
     columns = np.searchsorted(ends, ranks, side="right")
     rank_in_column = ranks - (ends[columns] - per_column[columns])
     distinct, inverse = np.unique(columns, return_inverse=True)
-    running = np.cumsum(mask[:, distinct], axis=0, dtype=np.int64)  # [height, distinct columns]
-    rows = (running[:, inverse] > rank_in_column).argmax(0)  # the first row where the count passes the rank
+    occupied = np.flatnonzero(mask.any(1))
+    top, bottom = occupied[0], occupied[-1] + 1
+    running = np.cumsum(mask[top:bottom, distinct], axis=0, dtype=np.int32)  # [band rows, distinct columns]
+    rows = top + (running[:, inverse] > rank_in_column).argmax(0)  # the first row where the count passes the rank
     return np.stack([columns, rows], -1)
 
 
@@ -287,7 +290,8 @@ def mask_to_points(masks, num_points: int = 512, generator: torch.Generator | No
             f"`masks` must have shape [num_regions, height, width], got {len(masks)} masks of shapes {shapes}."
         )
     masks = [mask if mask.dtype == bool else mask != 0 for mask in masks]
-    per_column = [np.count_nonzero(mask, axis=0) for mask in masks]  # [width] each
+    # pixels per column, [width] each (summing the uint8 view is 2x - 3x faster than `np.count_nonzero`)
+    per_column = [mask.view(np.uint8).sum(0, dtype=np.int32) for mask in masks]
     counts = [int(columns.sum()) for columns in per_column]
     if 0 in counts:
         empty = [index for index, count in enumerate(counts) if count == 0]

@@ -287,6 +287,10 @@ def test_mask_points_equal_taking_them_from_the_list_of_every_pixel_on_random_ma
     expected = _points_from_the_pixel_list(masks, 32)
     assert torch.equal(mask_to_points(masks.to(torch.uint8) * 3, 32), expected)
     assert torch.equal(mask_to_points(list(masks.numpy()), 32), expected)
+    # PIL mode "1" masks are bool arrays that store True as the byte 255
+    image_mask = np.asarray(Image.fromarray(masks[0].numpy()).convert("1"))
+    assert image_mask.view(np.uint8).max() == 255
+    assert torch.equal(mask_to_points([image_mask], 32), expected[:1])
 
 
 def test_seeded_points_of_large_masks_are_a_randperm_of_the_pixel_list():

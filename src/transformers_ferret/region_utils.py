@@ -290,8 +290,7 @@ def mask_to_points(masks, num_points: int = 512, generator: torch.Generator | No
             f"`masks` must have shape [num_regions, height, width], got {len(masks)} masks of shapes {shapes}."
         )
     masks = [mask if mask.dtype == bool else mask != 0 for mask in masks]
-    # pixels per column, [width] each (summing the uint8 view is 2x - 3x faster than `np.count_nonzero`)
-    per_column = [mask.view(np.uint8).sum(0, dtype=np.int32) for mask in masks]
+    per_column = [np.count_nonzero(mask, axis=0) for mask in masks]  # [width] each
     counts = [int(columns.sum()) for columns in per_column]
     if 0 in counts:
         empty = [index for index, count in enumerate(counts) if count == 0]

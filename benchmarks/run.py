@@ -3,6 +3,7 @@
 
     python benchmarks/run.py            # full run (about 15 minutes on 2 busy cores)
     python benchmarks/run.py --quick    # tiny sizes, under a minute: a smoke test of every section
+    python benchmarks/run.py --sections sampler,processor --merge   # re-measure two sections, keep the others
 
 Prints one table (machine, versions, every figure, targets) and writes it as JSON (`benchmarks/results.json`, or
 `benchmarks/results_quick.json` with `--quick`) plus the growth plot (`benchmarks/growth.png`).
@@ -1008,9 +1009,35 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path, help="JSON file (default benchmarks/results.json, _quick with --quick)")
     parser.add_argument("--plot", type=Path,
                         help="growth plot PNG (default benchmarks/growth.png, _quick with --quick)")  # fmt: skip
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sections of the existing output file that this run does not measure, marked as "
+                             "from an earlier run (default: the file holds only this run's sections)")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--payload", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def merge_earlier_sections(report: dict, table: Table, earlier: dict) -> list[str]:
+    """Copies into `report` and `table` the sections of the `earlier` report that this run did not measure.
+
+    Their table rows get "(run started <time>)" after their status ("(earlier run)" if the report has no start time),
+    and `report["earlier_runs"]` records, per copied section, the machine, versions, mode and start time of the run
+    that measured it. Returns the copied section names.
+    """
+    copied = [name for name in SECTIONS if name in earlier.get("sections", {}) and name not in report["sections"]]
+    measured_by = {key: earlier.get(key) for key in ("mode", "started", "machine", "versions", "elapsed_seconds")}
+    report.setdefault("earlier_runs", {})
+    for name in copied:
+        report["sections"][name] = earlier["sections"][name]
+        report["section_seconds"][name] = earlier.get("section_seconds", {}).get(name)
+        report["earlier_runs"][name] = earlier.get("earlier_runs", {}).get(name, measured_by)
+    label = f" (run started {earlier['started']})" if earlier.get("started") else " (earlier run)"
+    rows = table.rows + [
+        dict(row, status=row["status"] if row["section"] in earlier.get("earlier_runs", {}) else row["status"] + label)
+        for row in earlier.get("table", []) if row["section"] in copied
+    ]  # fmt: skip
+    table.rows = sorted(rows, key=lambda row: SECTIONS.index(row["section"]))  # stable: each section's own order
+    return copied
 
 
 def main(argv=None) -> dict:
@@ -1035,8 +1062,9 @@ def main(argv=None) -> dict:
         raise SystemExit(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
 
     started = time.time()
-    report = {"mode": "quick" if args.quick else "full", "machine": machine_info(args.threads), "versions": versions(),
-              "sections": {}, "section_seconds": {}}  # fmt: skip
+    report = {"mode": "quick" if args.quick else "full", "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": machine_info(args.threads), "versions": versions(), "sections": {},
+              "section_seconds": {}}  # fmt: skip
     table = Table()
     runners = {
         "decode": lambda: bench_decode(plan, table),
@@ -1063,11 +1091,19 @@ def main(argv=None) -> dict:
         for row in table.rows:
             if row["status"] in ("met", "NOT met"):
                 row["status"] = f"{row['status']} (quick sizes)"
+    copied = []
+    if args.merge and output.exists():
+        earlier = json.loads(output.read_text())
+        if earlier.get("mode") != report["mode"]:
+            raise SystemExit(f"--merge: {output} holds a {earlier.get('mode')} run, this is a {report['mode']} run")
+        copied = merge_earlier_sections(report, table, earlier)
     report["table"] = table.rows
 
     machine, version = report["machine"], report["versions"]
     header = [
-        f"transformers-ferret benchmarks ({report['mode']} run, {report['elapsed_seconds']:.0f} s)",
+        f"transformers-ferret benchmarks ({report['mode']} run"
+        + ("" if sections == list(SECTIONS) else f" of {', '.join(sections)}")
+        + f", {report['elapsed_seconds']:.0f} s, started {report['started']})",
         f"machine: {machine['cpu']}, {machine['logical_cores']} cores ({machine['usable_cores']} usable), "
         f"torch threads {machine['torch_threads']}, load average {machine['load_average_at_start'][0]:.1f} at start / "
         f"{machine['load_average_at_end'][0]:.1f} at end",
@@ -1075,6 +1111,9 @@ def main(argv=None) -> dict:
         "ratios: Ferret / reference (time); all timings are medians of interleaved runs, float32, CPU",
         "",
     ]
+    if copied:
+        header.insert(-1, f"copied from earlier runs (rows marked with their run; machine and versions in "
+                          f"`earlier_runs` of the JSON): {', '.join(copied)}")  # fmt: skip
     rendered = table.render(header)
     report["table_text"] = rendered
     print(rendered)

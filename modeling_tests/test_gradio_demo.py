@@ -2,10 +2,15 @@
 processor in order, and, in a real headless Chromium driven by Playwright, drawing a box with the mouse and sending a
 question shows the reply and an output image with that box drawn on it."""
 
+import importlib.util
 import io
 import os
 import shutil
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -127,26 +132,63 @@ def test_annotate_draws_the_region_box_in_its_colour():
 
 
 # ------------------------------------------------------------------------------------------------- real browser test
-def _browser_available() -> str | None:
-    missing = [name for name in ("gradio", "playwright") if __import__("importlib").util.find_spec(name) is None]
-    if missing:
-        return f"{', '.join(missing)} not installed (pip install -e '.[dev]')"
+def _demo_python() -> str:
+    """The interpreter that runs the app: `FERRET_DEMO_PYTHON` (.ci/run's `.venv-demo`, where gradio lives; it pins
+    pillow<13, so it is kept out of the test environment), else this one."""
+    return os.environ.get("FERRET_DEMO_PYTHON", sys.executable)
+
+
+def _browser_unavailable() -> str | None:
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright not installed (pip install -e '.[dev]')"
+    if subprocess.run([_demo_python(), "-c", "import gradio"], capture_output=True).returncode != 0:
+        return f"gradio not importable by {_demo_python()} (set FERRET_DEMO_PYTHON to a `.[demo]` environment)"
     if not Path(CHROMIUM).exists():
         return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set FERRET_CHROMIUM)"
     return None
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def app_url(chat):
-    reason = _browser_available()
+def app_url(tmp_path_factory):
+    reason = _browser_unavailable()
     if reason:
         if REQUIRE_BROWSER:
             pytest.fail(f"the browser test must run here: {reason}")
         pytest.skip(reason)
-    app = gradio_demo.build_app(chat, seed=3)
-    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    yield app.local_url
-    app.close()
+    port = _free_port()
+    log = tmp_path_factory.mktemp("gradio") / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as output:
+        app = subprocess.Popen(
+            [_demo_python(), str(EXAMPLES / "gradio_demo.py"), "--port", str(port), "--seed", "3", "--max-new-tokens", "12"],
+            stdout=output, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if app.poll() is not None:
+                pytest.fail(f"the demo exited with {app.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the demo did not serve {url} within 300 s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        app.terminate()
+        try:
+            app.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            app.kill()
 
 
 def test_drawing_a_box_and_asking_shows_the_reply_and_the_box_in_chromium(app_url, tmp_path):

@@ -93,7 +93,9 @@ def main(argv=None):
     parser.add_argument("--image", help="image file (default: a generated synthetic scene)")
     parser.add_argument("--region", help="x,y | x1,y1,x2,y2 | mask image path, in the image's pixels")
     parser.add_argument("--question", default="What is the object <region>?", help="refer with <region>")
-    parser.add_argument("--grounding-question", default="What objects are in the image? Include their locations.")
+    parser.add_argument("--grounding-question",
+                        help="default: 'Where is the <referred object>?' on a synthetic scene (the shipped model's "
+                             "training prompt), else 'What objects are in the image? Include their locations.'")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=int(time.time()) % 10_000)
     parser.add_argument("--output", default="ferret_demo.png")
@@ -117,6 +119,8 @@ def main(argv=None):
         image, region, truth = synthetic_scene(args.seed)
         print(f"Scene {args.seed}: {image.width}x{image.height}, the referred free-form region is the {truth}.")
 
+    if args.grounding_question is None:
+        args.grounding_question = f"Where is the {truth}?" if truth else "What objects are in the image? Include their locations."
     started = time.perf_counter()
     answer, _ = ask(model, processor, image, args.question, [region], args.max_new_tokens)
     print(f"Q: {args.question.replace('<region>', '<region 0>')}\nA: {answer}")

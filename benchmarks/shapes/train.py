@@ -35,8 +35,8 @@ from transformers_ferret.data_grit import GRIT_FEATURES  # noqa: E402
 GRIT_COLUMNS = list(GRIT_FEATURES)
 
 
-def grit_rows(seed: int, turns_per_image: int, scene_overrides: dict):
-    for sample in sample_stream(seed, turns_per_image=turns_per_image, **scene_overrides):
+def grit_rows(seed: int, turns_per_image: int, scene_overrides: dict, tasks: dict | None = None):
+    for sample in sample_stream(seed, turns_per_image=turns_per_image, tasks=tasks, **scene_overrides):
         yield {column: sample.get(column) for column in GRIT_COLUMNS}
 
 
@@ -110,6 +110,7 @@ def main(argv=None):
                         help="with --init-from: turn the v1 checkpoint into a Ferret-v2 (recipe.to_any_resolution)")  # fmt: skip
     parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
                         help="object sizes in source pixels (default: the recipe's 20 80)")  # fmt: skip
+    parser.add_argument("--task-weights", help="e.g. roc_open=6,roc_choice=2,same_bbox=1 (default: recipe.TASK_WEIGHTS)")
     parser.add_argument("--coordinates-only", action="store_true",
                         help="ablation: the region token is a plain embedding, no region features")  # fmt: skip
     args = parser.parse_args(argv)
@@ -134,9 +135,13 @@ def main(argv=None):
             {"colour": nn.Linear(width, len(COLOURS) + 1), "shape": nn.Linear(width, len(SHAPES) + 1)}
         )
     scene_overrides = {"object_size": tuple(args.object_size)} if args.object_size else {}
+    task_weights = None
+    if args.task_weights:
+        task_weights = {name: float(weight) for name, weight in (item.split("=") for item in args.task_weights.split(","))}
     dataset = datasets.IterableDataset.from_generator(
         grit_rows, features=GRIT_FEATURES,
-        gen_kwargs={"seed": args.seed, "turns_per_image": args.turns_per_image, "scene_overrides": scene_overrides},
+        gen_kwargs={"seed": args.seed, "turns_per_image": args.turns_per_image, "scene_overrides": scene_overrides,
+                    "tasks": task_weights},
     )  # fmt: skip
     config = SFTConfig(
         output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
@@ -161,7 +166,7 @@ def main(argv=None):
     summary = {"steps": args.max_steps, "batch_size": args.batch_size, "seconds": round(time.perf_counter() - started),
                "vision": args.vision, "aux_weight": args.aux_weight,
                "coordinates_only": args.coordinates_only, "turns_per_image": args.turns_per_image,
-               "init_from": args.init_from, "any_resolution": args.any_resolution, "object_size": args.object_size,
+               "init_from": args.init_from, "task_weights": task_weights, "any_resolution": args.any_resolution, "object_size": args.object_size,
                "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))

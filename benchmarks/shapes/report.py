@@ -1,0 +1,82 @@
+"""The results table and learning curves of the synthetic-shapes benchmark, from the runs' own logs.
+
+    python benchmarks/shapes/report.py --run "Ferret v1=runs/ferret_v1" --run "coordinates only=runs/coords_only" \
+        --output benchmarks/shapes/results
+
+Each run folder holds `train_log.json` (written by `train.py`) and `eval.json` (written by `evaluate.py --json`).
+Writes `<output>.md` (the table, pasted into README.md), `<output>.json` (every number) and `<output>.png` (training
+loss per logging step of every run, and the dense auxiliary loss).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from plot import line_panel  # noqa: E402
+
+COLUMNS = (
+    ("roc_free-form", "ROC free-form"),
+    ("roc_box", "ROC box"),
+    ("roc_point", "ROC point"),
+    ("roc_binary_choice", "ROC binary choice"),
+    ("same_bbox_colour_free-form", "same-bbox, free-form"),
+    ("same_bbox_colour_box-of-pair", "same-bbox, box"),
+    ("rec_acc@0.5", "REC Acc@0.5"),
+    ("rec_parse_failure_rate", "REC parse failures"),
+    ("roc_small_objects_box", "small objects (ROC box)"),
+)
+
+
+def load_run(folder: Path) -> dict:
+    train = json.loads((folder / "train_log.json").read_text())
+    evaluation = json.loads((folder / "eval.json").read_text())
+    return {"train": train, "eval": evaluation}
+
+
+def table(runs: dict[str, dict]) -> str:
+    header = "| run | steps x batch | train min | " + " | ".join(label for _, label in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (3 + len(COLUMNS))]
+    for name, run in runs.items():
+        train, evaluation = run["train"], run["eval"]
+        cells = [f"{100 * evaluation[key]:.1f}" if key in evaluation else "-" for key, _ in COLUMNS]
+        steps = f"{train['steps']} x {train['batch_size']}"
+        lines.append(f"| {name} | {steps} | {train['seconds'] / 60:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curves_png(path: Path, runs: dict[str, dict]) -> None:
+    image = Image.new("RGB", (1200, 420), "white")
+    draw = ImageDraw.Draw(image)
+    loss = {name: ([e["step"] for e in run["train"]["log"]], [e["loss"] for e in run["train"]["log"]]) for name, run in runs.items()}
+    aux = {
+        name: ([e["step"] for e in run["train"]["log"] if "aux_loss" in e], [e["aux_loss"] for e in run["train"]["log"] if "aux_loss" in e])
+        for name, run in runs.items()
+    }  # fmt: skip
+    line_panel(draw, (0, 0, 600, 420), loss, "training loss (answer tokens)", "step", "loss")
+    line_panel(draw, (600, 0, 1200, 420), {k: v for k, v in aux.items() if v[0]}, "dense per-patch loss", "step", "loss")
+    image.save(path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER, in table order")
+    parser.add_argument("--output", required=True, help="path prefix for .md, .json and .png")
+    args = parser.parse_args(argv)
+    runs = {}
+    for spec in args.run:
+        name, _, folder = spec.partition("=")
+        runs[name] = load_run(Path(folder))
+    output = Path(args.output)
+    markdown = table(runs)
+    output.with_suffix(".md").write_text(markdown + "\n")
+    output.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    curves_png(output.with_suffix(".png"), runs)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()

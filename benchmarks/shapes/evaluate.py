@@ -70,13 +70,22 @@ def truth(sample) -> tuple[str, list]:
     return reply, boxes[0] if boxes else None
 
 
+def word_accuracy(predictions: list[str], names: list[str]) -> tuple[float, float]:
+    """Share of answers naming the right colour, and the right shape (a name is "colour shape")."""
+    colour = sum(name.split()[0] in prediction.split() for name, prediction in zip(names, predictions))
+    shape = sum(name.split()[-1] in prediction.replace(".", " ").split() for name, prediction in zip(names, predictions))
+    return colour / len(names), shape / len(names)
+
+
 def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed: int = EVAL_SEED) -> dict:
     """Every metric of the table on `num_scenes` scenes per question set, generated with `seed`."""
     results, started = {}, time.perf_counter()
     for region_type in ("point", "box", "free-form"):
         samples = eval_samples("roc_open", num_scenes, region_type, seed=seed)
         names = [truth(sample)[0].removeprefix("a ").removeprefix("an ").rstrip(".") for sample in samples]
-        results[f"roc_{region_type}"] = roc_accuracy(answer(model, processor, samples, batch_size), names)["accuracy"]
+        predictions = answer(model, processor, samples, batch_size)
+        results[f"roc_{region_type}"] = roc_accuracy(predictions, names)["accuracy"]
+        results[f"roc_{region_type}_colour"], results[f"roc_{region_type}_shape"] = word_accuracy(predictions, names)
     samples = eval_samples("roc_choice", num_scenes, seed=seed)
     names = [truth(sample)[0].removeprefix("a ").removeprefix("an ").rstrip(".") for sample in samples]
     results["roc_binary_choice"] = roc_accuracy(answer(model, processor, samples, batch_size), names)["accuracy"]
@@ -96,7 +105,9 @@ def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed
     results["rec_parse_failure_rate"] = rec["parse_failure_rate"]
     samples = eval_samples("roc_open", num_scenes, "box", SMALL_OBJECT_SCENES, seed=seed)
     names = [truth(sample)[0].removeprefix("a ").removeprefix("an ").rstrip(".") for sample in samples]
-    results["roc_small_objects_box"] = roc_accuracy(answer(model, processor, samples, batch_size), names)["accuracy"]
+    predictions = answer(model, processor, samples, batch_size)
+    results["roc_small_objects_box"] = roc_accuracy(predictions, names)["accuracy"]
+    results["roc_small_objects_box_colour"], results["roc_small_objects_box_shape"] = word_accuracy(predictions, names)
     results = {key: round(value, 3) for key, value in results.items()}
     results["num_scenes"] = num_scenes
     results["eval_seconds"] = round(time.perf_counter() - started)

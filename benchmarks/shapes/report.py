@@ -22,12 +22,15 @@ COLUMNS = (
     ("roc_free-form", "ROC free-form"),
     ("roc_box", "ROC box"),
     ("roc_point", "ROC point"),
+    ("roc_box_colour", "box: colour"),
+    ("roc_box_shape", "box: shape"),
     ("roc_binary_choice", "ROC binary choice"),
     ("same_bbox_colour_free-form", "same-bbox, free-form"),
     ("same_bbox_colour_box-of-pair", "same-bbox, box"),
     ("rec_acc@0.5", "REC Acc@0.5"),
     ("rec_parse_failure_rate", "REC parse failures"),
-    ("roc_small_objects_box", "small objects (ROC box)"),
+    ("roc_small_objects_box", "small objects: ROC"),
+    ("roc_small_objects_box_colour", "small objects: colour"),
 )
 
 
@@ -48,16 +51,22 @@ def table(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def curves_png(path: Path, runs: dict[str, dict]) -> None:
+def curves_png(path: Path, runs: dict[str, dict], every: int = 100) -> None:
+    """Loss curves of the runs trained from scratch (continuations start from another run's weights): one point per
+    `every` steps (a tick per point)."""
     image = Image.new("RGB", (1200, 420), "white")
     draw = ImageDraw.Draw(image)
-    loss = {name: ([e["step"] for e in run["train"]["log"]], [e["loss"] for e in run["train"]["log"]]) for name, run in runs.items()}
-    aux = {
-        name: ([e["step"] for e in run["train"]["log"] if "aux_loss" in e], [e["aux_loss"] for e in run["train"]["log"] if "aux_loss" in e])
-        for name, run in runs.items()
-    }  # fmt: skip
-    line_panel(draw, (0, 0, 600, 420), loss, "training loss (answer tokens)", "step", "loss")
-    line_panel(draw, (600, 0, 1200, 420), {k: v for k, v in aux.items() if v[0]}, "dense per-patch loss", "step", "loss")
+    scratch = {name: run for name, run in runs.items() if not run["train"].get("init_from")}
+
+    def series(key):
+        points = {}
+        for name, run in scratch.items():
+            log = [entry for entry in run["train"]["log"] if key in entry and entry["step"] % every == 0]
+            points[name] = ([entry["step"] for entry in log], [entry[key] for entry in log])
+        return points
+
+    line_panel(draw, (0, 0, 600, 420), series("loss"), "training loss (answer tokens)", "step", "loss")
+    line_panel(draw, (600, 0, 1200, 420), series("aux_loss"), "dense per-patch loss (aux batch)", "step", "loss")
     image.save(path)
 
 

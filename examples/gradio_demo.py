@@ -58,9 +58,7 @@ def stroke_mask(editor_value: dict | None) -> np.ndarray | None:
     layers = [np.asarray(layer) for layer in editor_value.get("layers") or [] if layer is not None]
     if not layers:
         return None
-    drawn = np.zeros(layers[0].shape[:2], dtype=bool)
-    for layer in layers:
-        drawn |= layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else layer.reshape(drawn.shape + (-1,)).any(-1)
+    drawn = np.logical_or.reduce([layer[..., 3] > 0 for layer in layers])  # RGBA layers (image_mode="RGBA")
     return drawn if drawn.any() else None
 
 
@@ -104,11 +102,19 @@ def referenced_regions(message: str, regions: list[Region]) -> tuple[str, list[R
     return PLACEHOLDER.sub("<region>", message), [regions[number - 1] for number in numbers], numbers
 
 
+def message_text(content) -> str:
+    """The text of a chat message: a string, or gradio 6's list of `{"type": "text", "text": ...}` parts."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else [content]
+    return "".join(part["text"] for part in parts if isinstance(part, dict) and part.get("type", "text") == "text")
+
+
 def conversation(image: Image.Image, history: list[dict], message: str, regions: list[Region]):
     """The chat as Ferret messages (the image in the first user turn) and the regions of all its turns, in order."""
     messages, turn_regions = [], []
     for turn in [*history, {"role": "user", "content": message}]:
-        text = turn["content"] if isinstance(turn["content"], str) else str(turn["content"])
+        text = message_text(turn["content"])
         if turn["role"] == "user":
             text, used, _ = referenced_regions(text, regions)
             turn_regions += used
@@ -131,9 +137,7 @@ class FerretChat:
         inputs = self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
             processor_kwargs={"regions": [[region.value for region in used]]},
-        ).to(self.model.device)  # fmt: skip
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        ).to(self.model.device)  # fmt: skip (the model casts pixel values to its towers' dtype)
         with torch.inference_mode():
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         answer = self.processor.post_process_image_text_to_text(output[:, inputs["input_ids"].shape[1] :])[0].strip()

@@ -101,6 +101,8 @@ def test_conversation_puts_the_image_first_and_collects_regions_of_every_turn():
     assert all(part["type"] == "text" for message in messages[1:] for part in message["content"])
     assert messages[2]["content"][0]["text"] == "And <region>?"
     assert [region.value for region in used] == [(5, 6), (1, 2, 3, 4)]
+    as_gradio = [{**turn, "content": [{"type": "text", "text": turn["content"]}]} for turn in history]  # gradio 6 form
+    assert conversation(image, as_gradio, "And <region1>?", regions)[0] == messages
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +225,12 @@ def test_drawing_a_box_and_asking_shows_the_reply_and_the_box_in_chromium(app_ur
             page.wait_for_selector("#chat .bot", timeout=30_000)
             page.wait_for_function("document.querySelector('#chat .bot').innerText.trim().length > 0")
             assert "What is the object <region1>?" in page.inner_text("#chat")
+            page.fill("#message textarea", "And what colour is <region1>?")  # a second turn: the history goes back in
+            page.click("#send")
+            page.wait_for_function(
+                "document.querySelector('#chat').innerText.includes('And what colour is <region1>?')", timeout=30_000
+            )
+            assert len(page.locator("#chat .bot").all_inner_texts()) == 2
             source = page.locator("#answer-image img").first.get_attribute("src")
             shown = np.asarray(Image.open(io.BytesIO(page.request.get(source).body())).convert("RGB"))
             edge = shown[y1, x1 : x2 + 1]  # the region's top edge, drawn in the first palette colour

@@ -266,7 +266,7 @@ def test_rows_from_load_grit_and_region_types(processor, tmp_path):
 
 
 def test_synthetic_shapes_text_matches_its_renderer(processor):
-    synthetic_shapes = pytest.importorskip("transformers_ferret.synthetic_shapes")
+    from transformers_ferret import synthetic_shapes
     samples = synthetic_shapes.make_samples(6, seed=0, turns_per_image=3, max_side=128)
     dataset = synthetic_shapes.to_dataset(samples)
     collator = FerretDataCollator(processor)

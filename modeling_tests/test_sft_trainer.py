@@ -13,8 +13,8 @@ from transformers_ferret.collator_ferret import FerretDataCollator
 from transformers_ferret.data_grit import load_grit, mask_to_rle
 from transformers_ferret.training_stages import apply_training_stage
 
-trl = pytest.importorskip("trl")
-peft = pytest.importorskip("peft")
+import peft  # noqa: E402  (test dependencies: .[dev])
+import trl  # noqa: E402
 
 TEXT_CONFIG = {"model_type": "llama", "vocab_size": 502, "hidden_size": 32, "intermediate_size": 64,
                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "pad_token_id": 0,

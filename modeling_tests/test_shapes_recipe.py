@@ -6,13 +6,10 @@ import math
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "shapes"))
 SHIPPED = ROOT / "examples" / "checkpoints" / "ferret-shapes-tiny"
 
-pytest.importorskip("trl")
 import transformers_ferret  # noqa: E402,F401
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
@@ -39,7 +36,6 @@ def test_smoke_training_loss_falls_and_the_evaluation_runs(tmp_path):
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
 
 
-@pytest.mark.skipif(not SHIPPED.is_dir(), reason="no shipped checkpoint in examples/checkpoints")
 def test_shipped_checkpoint_scores_its_table_row_on_fresh_scenes():
     import evaluate
 

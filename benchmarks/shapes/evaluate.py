@@ -56,7 +56,8 @@ def answer(model, processor, samples, batch_size: int = 16, max_new_tokens: int 
                               "padding_side": "left"},
         )  # fmt: skip
         if model.config.region_token_index != processor.region_token_id:  # the coordinates-only ablation
-            inputs.pop("region_points", None), inputs.pop("region_counts", None)
+            for key in ("region_points", "region_counts"):
+                inputs.pop(key, None)
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         answers += [text.strip() for text in processor.post_process_image_text_to_text(output[:, inputs["input_ids"].shape[1] :])]
@@ -68,6 +69,11 @@ def truth(sample) -> tuple[str, list]:
     reply = sample["conversations"][-1]["value"]
     boxes = sample["box_x1y1x2y2"][-1]
     return reply, boxes[0] if boxes else None
+
+
+def class_names(samples) -> list[str]:
+    """The reference class of each sample's answer ("a red star." -> "red star")."""
+    return [truth(sample)[0].removeprefix("a ").removeprefix("an ").rstrip(".") for sample in samples]
 
 
 def word_accuracy(predictions: list[str], names: list[str]) -> tuple[float, float]:
@@ -82,16 +88,16 @@ def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed
     results, started = {}, time.perf_counter()
     for region_type in ("point", "box", "free-form"):
         samples = eval_samples("roc_open", num_scenes, region_type, seed=seed)
-        names = [truth(sample)[0].removeprefix("a ").removeprefix("an ").rstrip(".") for sample in samples]
+        names = class_names(samples)
         predictions = answer(model, processor, samples, batch_size)
         results[f"roc_{region_type}"] = roc_accuracy(predictions, names)["accuracy"]
         results[f"roc_{region_type}_colour"], results[f"roc_{region_type}_shape"] = word_accuracy(predictions, names)
     samples = eval_samples("roc_choice", num_scenes, seed=seed)
-    names = [truth(sample)[0].removeprefix("a ").removeprefix("an ").rstrip(".") for sample in samples]
+    names = class_names(samples)
     results["roc_binary_choice"] = roc_accuracy(answer(model, processor, samples, batch_size), names)["accuracy"]
     for variant in ("free-form", "box-of-pair"):
         samples = eval_samples("same_bbox", num_scenes, variant, seed=seed)
-        names = [truth(sample)[0].removeprefix("a ").removeprefix("an ").rstrip(".") for sample in samples]
+        names = class_names(samples)
         colours = [name.split()[0] for name in names]
         predictions = answer(model, processor, samples, batch_size)
         results[f"same_bbox_colour_{variant}"] = sum(
@@ -104,7 +110,7 @@ def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed
     results["rec_acc@0.5"] = rec["accuracy"]
     results["rec_parse_failure_rate"] = rec["parse_failure_rate"]
     samples = eval_samples("roc_open", num_scenes, "box", SMALL_OBJECT_SCENES, seed=seed)
-    names = [truth(sample)[0].removeprefix("a ").removeprefix("an ").rstrip(".") for sample in samples]
+    names = class_names(samples)
     predictions = answer(model, processor, samples, batch_size)
     results["roc_small_objects_box"] = roc_accuracy(predictions, names)["accuracy"]
     results["roc_small_objects_box_colour"], results["roc_small_objects_box_shape"] = word_accuracy(predictions, names)

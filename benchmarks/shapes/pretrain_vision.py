@@ -62,8 +62,26 @@ def make_batch(rng, image_processor, batch_size: int, grid: int):
     return pixels, torch.from_numpy(np.stack([c for c, _ in labels])), torch.from_numpy(np.stack([s for _, s in labels]))
 
 
+class DensePatchHeads(nn.Module):
+    """Per-patch colour and shape classifiers (class 0 = background) on `[batch, patches, hidden]` features."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.colour = nn.Linear(hidden_size, len(COLOURS) + 1)
+        self.shape = nn.Linear(hidden_size, len(SHAPES) + 1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.colour(features), self.shape(features)
+
+
+def dense_patch_loss(colour_logits, shape_logits, colours, shapes) -> torch.Tensor:
+    """Summed cross-entropy of the colour and the shape label of every patch."""
+    return nn.functional.cross_entropy(colour_logits.float().flatten(0, 1), colours.flatten()) + \
+        nn.functional.cross_entropy(shape_logits.float().flatten(0, 1), shapes.flatten())  # fmt: skip
+
+
 class PatchClassifier(nn.Module):
-    """The vision tower plus two linear heads on the features Ferret reads."""
+    """The vision tower plus the two dense heads on the features Ferret reads."""
 
     def __init__(self, config: CLIPVisionConfig):
         super().__init__()
@@ -71,12 +89,10 @@ class PatchClassifier(nn.Module):
         grid = config.image_size // config.patch_size
         with torch.no_grad():  # a learned table, started from 2-D sin-cos so patches know where they are at step 0
             self.tower.embeddings.position_embedding.weight.copy_(sincos_position_embeddings(grid, config.hidden_size))
-        self.colour_head = nn.Linear(config.hidden_size, len(COLOURS) + 1)
-        self.shape_head = nn.Linear(config.hidden_size, len(SHAPES) + 1)
+        self.heads = DensePatchHeads(config.hidden_size)
 
     def forward(self, pixel_values):
-        features = self.tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
-        return self.colour_head(features), self.shape_head(features)
+        return self.heads(self.tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:])
 
 
 def main(argv=None):
@@ -104,8 +120,7 @@ def main(argv=None):
         pixels, colours, shapes = make_batch(rng, image_processor, args.batch_size, grid)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             colour_logits, shape_logits = model(pixels)
-        loss = nn.functional.cross_entropy(colour_logits.float().flatten(0, 1), colours.flatten()) + \
-            nn.functional.cross_entropy(shape_logits.float().flatten(0, 1), shapes.flatten())  # fmt: skip
+        loss = dense_patch_loss(colour_logits, shape_logits, colours, shapes)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

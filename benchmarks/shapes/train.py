@@ -4,8 +4,8 @@
     python benchmarks/shapes/train.py --vision runs/vision --output-dir runs/ferret --max-steps 1500
 
 Every step sees fresh scenes (an endless `datasets.IterableDataset`); the collator is the library's
-`FerretDataCollator`; fp32 by default (`--bf16` autocast was 2x slower per Linear on this Xeon, see README). Writes the model + processor (loadable with
-`from_pretrained`) and `train_log.json` (loss per logging step).
+`FerretDataCollator`; fp32 by default (`--bf16` autocast was 2x slower per Linear on this Xeon, see README).
+Writes the model + processor (loadable with `from_pretrained`) and `train_log.json` (loss per logging step).
 """
 
 import argparse
@@ -17,17 +17,14 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from torch import nn
 from trl import SFTConfig, SFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_vision import make_batch  # noqa: E402
+from pretrain_vision import DensePatchHeads, dense_patch_loss, make_batch  # noqa: E402
 from recipe import build_model, build_processor, sample_stream, to_any_resolution, train_tokenizer  # noqa: E402
 
 import transformers_ferret  # noqa: E402,F401  (registers Ferret with the Auto classes)
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
-
-from transformers_ferret.synthetic_shapes import COLOURS, SHAPES  # noqa: E402
 
 from transformers_ferret import FerretDataCollator  # noqa: E402
 from transformers_ferret.data_grit import GRIT_FEATURES  # noqa: E402
@@ -63,30 +60,27 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.aux_weight, self.aux_batch_size = aux_weight, aux_batch_size
         self.aux_rng = np.random.default_rng([aux_seed, 1])
+        self.aux_history = []  # dense losses since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not model.training or self.aux_weight == 0:
             return result
-        loss = result[0] if return_outputs else result
         vision_config = model.config.vision_config
         grid = vision_config.image_size // vision_config.patch_size
         pixels, colours, shapes = make_batch(self.aux_rng, self.processing_class.image_processor, self.aux_batch_size, grid)
-        tower = model.model.vision_tower
-        features = tower(pixels.to(model.device), output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
-        heads = model.dense_auxiliary_heads
-        aux = nn.functional.cross_entropy(heads["colour"](features[:, 1:]).flatten(0, 1), colours.flatten().to(model.device)) + \
-            nn.functional.cross_entropy(heads["shape"](features[:, 1:]).flatten(0, 1), shapes.flatten().to(model.device))  # fmt: skip
-        self._aux_history.append(aux.item())
-        loss = loss + self.aux_weight * aux
-        return (loss, result[1]) if return_outputs else loss
-
-    _aux_history: list = []
+        hidden = model.model.vision_tower(pixels.to(model.device), output_hidden_states=True).hidden_states
+        logits = model.dense_auxiliary_heads(hidden[model.config.vision_feature_layer][:, 1:])  # CLS dropped
+        aux = dense_patch_loss(*logits, colours.to(model.device), shapes.to(model.device))
+        self.aux_history.append(aux.item())
+        if return_outputs:
+            return result[0] + self.aux_weight * aux, result[1]
+        return result + self.aux_weight * aux
 
     def log(self, logs, *args, **kwargs):
-        if self._aux_history and "loss" in logs:
-            logs["aux_loss"] = round(sum(self._aux_history) / len(self._aux_history), 4)
-            self._aux_history.clear()
+        if self.aux_history and "loss" in logs:
+            logs["aux_loss"] = round(sum(self.aux_history) / len(self.aux_history), 4)
+            self.aux_history.clear()
         super().log(logs, *args, **kwargs)
 
 
@@ -130,10 +124,7 @@ def main(argv=None):
     if args.coordinates_only:
         model.config.region_token_index = tokenizer.convert_tokens_to_ids("<unused_region>")
     if args.aux_weight:
-        width = model.config.vision_config.hidden_size
-        model.dense_auxiliary_heads = nn.ModuleDict(
-            {"colour": nn.Linear(width, len(COLOURS) + 1), "shape": nn.Linear(width, len(SHAPES) + 1)}
-        )
+        model.dense_auxiliary_heads = DensePatchHeads(model.config.vision_config.hidden_size)
     scene_overrides = {"object_size": tuple(args.object_size)} if args.object_size else {}
     task_weights = None
     if args.task_weights:
@@ -146,7 +137,8 @@ def main(argv=None):
     config = SFTConfig(
         output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, args.max_steps // 25),
-        weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=args.logging_steps, save_strategy="no", report_to="none",
+        weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=args.logging_steps, save_strategy="no",
+        report_to="none",
         use_cpu=True, bf16=args.bf16, activation_checkpointing=False, max_length=None, remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=args.workers, seed=args.seed,
     )  # fmt: skip
@@ -164,10 +156,9 @@ def main(argv=None):
     processor.save_pretrained(output)
     log = [entry for entry in trainer.state.log_history if "loss" in entry]
     summary = {"steps": args.max_steps, "batch_size": args.batch_size, "seconds": round(time.perf_counter() - started),
-               "vision": args.vision, "aux_weight": args.aux_weight,
-               "coordinates_only": args.coordinates_only, "turns_per_image": args.turns_per_image,
-               "init_from": args.init_from, "task_weights": task_weights, "any_resolution": args.any_resolution, "object_size": args.object_size,
-               "log": log}  # fmt: skip
+               "vision": args.vision, "aux_weight": args.aux_weight, "coordinates_only": args.coordinates_only,
+               "turns_per_image": args.turns_per_image, "init_from": args.init_from, "task_weights": task_weights,
+               "any_resolution": args.any_resolution, "object_size": args.object_size, "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))
     return summary

@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "shapes"))
 SHIPPED = ROOT / "examples" / "checkpoints" / "ferret-shapes-tiny"
@@ -29,7 +31,7 @@ def test_smoke_training_loss_falls_and_the_evaluation_runs(tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
     assert not hasattr(model, "dense_auxiliary_heads")  # the auxiliary heads are training-only
     results = evaluate.evaluate(model, AutoProcessor.from_pretrained(tmp_path), num_scenes=3, batch_size=3)
-    metrics = {key: value for key, value in results.items() if key not in ("num_scenes", "eval_seconds")}
+    metrics = {key: value for key, value in results.items() if key not in ("num_scenes", "eval_seconds", "object_size")}
     roc = [f"roc_{kind}{part}" for kind in ("point", "box", "free-form", "small_objects_box") for part in ("", "_colour", "_shape")]
     assert set(metrics) == {*roc, "roc_binary_choice", "same_bbox_colour_free-form", "same_bbox_colour_box-of-pair",
                             "rec_acc@0.5", "rec_parse_failure_rate"}  # fmt: skip
@@ -41,7 +43,9 @@ def test_shipped_checkpoint_scores_its_table_row_on_fresh_scenes():
 
     table_row = json.loads((SHIPPED / "eval.json").read_text())
     model = AutoModelForImageTextToText.from_pretrained(SHIPPED).eval()
-    results = evaluate.evaluate(model, AutoProcessor.from_pretrained(SHIPPED), num_scenes=50, seed=FRESH_SEED)
+    scene_kwargs = {**evaluate.SCENE_KWARGS, "object_size": tuple(table_row["object_size"])}  # the row's scenes
+    results = evaluate.evaluate(model, AutoProcessor.from_pretrained(SHIPPED), num_scenes=50, seed=FRESH_SEED,
+                                scene_kwargs=scene_kwargs)  # fmt: skip
     for metric in ("roc_point", "roc_box", "roc_free-form", "roc_box_colour", "roc_box_shape", "roc_binary_choice",
                    "same_bbox_colour_free-form", "same_bbox_colour_box-of-pair", "rec_acc@0.5", "roc_small_objects_box",
                    "roc_small_objects_box_colour"):  # fmt: skip
@@ -50,3 +54,45 @@ def test_shipped_checkpoint_scores_its_table_row_on_fresh_scenes():
         # 90 % the sampling noise of 50 fresh scenes alone is 4-7 points (measured: up to 10.5 points on this seed)
         tolerance = max(0.05, 2.5 * math.sqrt(expected * (1 - expected) / 50))
         assert abs(results[metric] - expected) <= tolerance, (metric, results[metric], expected, tolerance)
+
+
+def test_dense_patch_loss_object_term_is_the_mean_over_covered_patches_only():
+    import torch
+    from pretrain_vision import dense_patch_loss
+
+    # 1 image, 3 patches: background, then two object patches; 2 colour classes + background, same for shape
+    colour_logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.2, 0.2, 0.6]]]))
+    shape_logits = torch.log(torch.tensor([[[0.8, 0.1, 0.1], [0.1, 0.1, 0.8], [0.1, 0.7, 0.2]]]))
+    colours, shapes = torch.tensor([[0, 1, 2]]), torch.tensor([[0, 2, 1]])
+    colour_ce = [-math.log(0.5), -math.log(0.5), -math.log(0.6)]
+    shape_ce = [-math.log(0.8), -math.log(0.8), -math.log(0.7)]
+    plain = sum(colour_ce) / 3 + sum(shape_ce) / 3
+    object_only = sum(colour_ce[1:]) / 2 + sum(shape_ce[1:]) / 2
+    assert dense_patch_loss(colour_logits, shape_logits, colours, shapes).item() == pytest.approx(plain, rel=1e-6)
+    weighted = dense_patch_loss(colour_logits, shape_logits, colours, shapes, object_weight=2.0).item()
+    assert weighted == pytest.approx(plain + 2.0 * object_only, rel=1e-6)
+    # no object patch in the batch: the object term is skipped, not a NaN
+    assert dense_patch_loss(colour_logits, shape_logits, colours, torch.zeros_like(shapes), 2.0).isfinite()
+
+
+def test_region_probe_masks_are_the_object_its_box_and_an_11px_window_at_the_pixel_nearest_its_centroid():
+    import numpy as np
+    from probe_regions import region_masks
+
+    from transformers_ferret.synthetic_shapes import ShapeObject
+
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:31, 20:26] = True  # a vertical bar x 20..25, y 10..30: centroid (22.5, 20), nearest pixel (22, 20)
+    mask[10:13, 26:41] = True  # plus a top arm x 26..40, y 10..12 (moves the centroid right and up)
+    obj = ShapeObject("red", "cross", mask, (20, 10, 40, 30))
+    ys, xs = np.nonzero(mask)
+    nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
+    cx, cy = xs[nearest], ys[nearest]
+    masks = region_masks(obj, 40, 60)
+    assert (masks["free-form"] == mask).all()
+    expected_box = np.zeros_like(mask)
+    expected_box[10:31, 20:41] = True
+    assert (masks["box"] == expected_box).all()
+    window_ys, window_xs = np.nonzero(masks["point"])
+    assert masks["point"].sum() == 121 and mask[cy, cx]
+    assert (window_xs.min(), window_xs.max(), window_ys.min(), window_ys.max()) == (cx - 5, cx + 5, cy - 5, cy + 5)

@@ -83,27 +83,37 @@ def word_accuracy(predictions: list[str], names: list[str]) -> tuple[float, floa
     return colour / len(names), shape / len(names)
 
 
-def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed: int = EVAL_SEED) -> dict:
-    """Every metric of the table on `num_scenes` scenes per question set, generated with `seed`."""
-    results, started = {}, time.perf_counter()
+def evaluate_referring(model, processor, num_scenes: int, batch_size: int = 16, seed: int = EVAL_SEED,
+                       scene_kwargs=None) -> dict:
+    """ROC exact, colour and shape accuracy per region type (the first three column groups of the table)."""
+    results = {}
     for region_type in ("point", "box", "free-form"):
-        samples = eval_samples("roc_open", num_scenes, region_type, seed=seed)
+        samples = eval_samples("roc_open", num_scenes, region_type, scene_kwargs, seed=seed)
         names = class_names(samples)
         predictions = answer(model, processor, samples, batch_size)
         results[f"roc_{region_type}"] = roc_accuracy(predictions, names)["accuracy"]
         results[f"roc_{region_type}_colour"], results[f"roc_{region_type}_shape"] = word_accuracy(predictions, names)
-    samples = eval_samples("roc_choice", num_scenes, seed=seed)
+    return results
+
+
+def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed: int = EVAL_SEED,
+             scene_kwargs=None) -> dict:
+    """Every metric of the table on `num_scenes` scenes per question set, generated with `seed`; `scene_kwargs`
+    (default `recipe.SCENE_KWARGS`) sets every set's scenes but the small-object one."""
+    started = time.perf_counter()
+    results = evaluate_referring(model, processor, num_scenes, batch_size, seed, scene_kwargs)
+    samples = eval_samples("roc_choice", num_scenes, scene_kwargs=scene_kwargs, seed=seed)
     names = class_names(samples)
     results["roc_binary_choice"] = roc_accuracy(answer(model, processor, samples, batch_size), names)["accuracy"]
     for variant in ("free-form", "box-of-pair"):
-        samples = eval_samples("same_bbox", num_scenes, variant, seed=seed)
+        samples = eval_samples("same_bbox", num_scenes, variant, scene_kwargs, seed=seed)
         names = class_names(samples)
         colours = [name.split()[0] for name in names]
         predictions = answer(model, processor, samples, batch_size)
         results[f"same_bbox_colour_{variant}"] = sum(
             colour in prediction.split() for colour, prediction in zip(colours, predictions)
         ) / len(samples)
-    samples = eval_samples("rec", num_scenes, seed=seed)
+    samples = eval_samples("rec", num_scenes, scene_kwargs=scene_kwargs, seed=seed)
     predictions = answer(model, processor, samples, batch_size, max_new_tokens=32)
     rec = rec_accuracy(predictions, [truth(sample)[1] for sample in samples],
                        [(sample["image_h"], sample["image_w"]) for sample in samples])  # fmt: skip
@@ -126,11 +136,15 @@ def main(argv=None):
     parser.add_argument("--num-scenes", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="scene seed (training uses 0 and 99)")
+    parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
+                        help="object sizes of the scenes (default: the recipe's; 20 80 for session 2's runs)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    scene_kwargs = {**SCENE_KWARGS, "object_size": tuple(args.object_size)} if args.object_size else None
     model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    results = evaluate(model, processor, args.num_scenes, args.batch_size, args.seed)
+    results = evaluate(model, processor, args.num_scenes, args.batch_size, args.seed, scene_kwargs)
+    results["object_size"] = list((scene_kwargs or SCENE_KWARGS)["object_size"])  # the scenes this row was measured on
     print(json.dumps(results, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

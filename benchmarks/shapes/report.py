@@ -53,20 +53,27 @@ def table(runs: dict[str, dict]) -> str:
 
 def curves_png(path: Path, runs: dict[str, dict], every: int = 100) -> None:
     """Loss curves of the runs trained from scratch (continuations start from another run's weights): one point per
-    `every` steps (a tick per point)."""
-    image = Image.new("RGB", (1200, 420), "white")
-    draw = ImageDraw.Draw(image)
+    `every` steps (a tick per point); below them, where the runs logged it (`train.py --eval-every`), the referring
+    accuracy on fresh scenes during training (box regions: exact class, and the shape word)."""
     scratch = {name: run for name, run in runs.items() if not run["train"].get("init_from")}
 
-    def series(key):
+    def series(key, step_every=every):
         points = {}
         for name, run in scratch.items():
-            log = [entry for entry in run["train"]["log"] if key in entry and entry["step"] % every == 0]
-            points[name] = ([entry["step"] for entry in log], [entry[key] for entry in log])
+            log = [entry for entry in run["train"]["log"] if key in entry and entry["step"] % step_every == 0]
+            if log:
+                points[name] = ([entry["step"] for entry in log], [entry[key] for entry in log])
         return points
 
+    curves = [series("curve_roc_box", 1), series("curve_roc_box_shape", 1)]
+    height = 840 if any(curves) else 420
+    image = Image.new("RGB", (1200, height), "white")
+    draw = ImageDraw.Draw(image)
     line_panel(draw, (0, 0, 600, 420), series("loss"), "training loss (answer tokens)", "step", "loss")
     line_panel(draw, (600, 0, 1200, 420), series("aux_loss"), "dense per-patch loss (aux batch)", "step", "loss")
+    if any(curves):
+        line_panel(draw, (0, 420, 600, 840), curves[0], "ROC exact, box region (fresh scenes)", "step", "accuracy")
+        line_panel(draw, (600, 420, 1200, 840), curves[1], "ROC shape word, box region", "step", "accuracy")
     image.save(path)
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_vision import DensePatchHeads, dense_patch_loss, make_batch  # noqa: E402
-from recipe import build_model, build_processor, sample_stream, to_any_resolution, train_tokenizer  # noqa: E402
+from recipe import SCENE_KWARGS, build_model, build_processor, sample_stream, to_any_resolution, train_tokenizer  # noqa: E402
 
 import transformers_ferret  # noqa: E402,F401  (registers Ferret with the Auto classes)
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
@@ -56,9 +57,11 @@ class DenseAuxiliaryTrainer(SFTTrainer):
     the two linear heads live on the model as `dense_auxiliary_heads` during training and are removed before saving.
     """
 
-    def __init__(self, *args, aux_weight: float, aux_batch_size: int, aux_seed: int, **kwargs):
+    def __init__(self, *args, aux_weight: float, aux_batch_size: int, aux_seed: int, aux_object_weight: float = 0.0,
+                 scene_kwargs: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.aux_weight, self.aux_batch_size = aux_weight, aux_batch_size
+        self.aux_weight, self.aux_batch_size, self.aux_object_weight = aux_weight, aux_batch_size, aux_object_weight
+        self.scene_kwargs = scene_kwargs
         self.aux_rng = np.random.default_rng([aux_seed, 1])
         self.aux_history = []  # dense losses since the last log
 
@@ -68,10 +71,12 @@ class DenseAuxiliaryTrainer(SFTTrainer):
             return result
         vision_config = model.config.vision_config
         grid = vision_config.image_size // vision_config.patch_size
-        pixels, colours, shapes = make_batch(self.aux_rng, self.processing_class.image_processor, self.aux_batch_size, grid)
+        pixels, colours, shapes = make_batch(
+            self.aux_rng, self.processing_class.image_processor, self.aux_batch_size, grid, self.scene_kwargs
+        )
         hidden = model.model.vision_tower(pixels.to(model.device), output_hidden_states=True).hidden_states
         logits = model.dense_auxiliary_heads(hidden[model.config.vision_feature_layer][:, 1:])  # CLS dropped
-        aux = dense_patch_loss(*logits, colours.to(model.device), shapes.to(model.device))
+        aux = dense_patch_loss(*logits, colours.to(model.device), shapes.to(model.device), self.aux_object_weight)
         self.aux_history.append(aux.item())
         if return_outputs:
             return result[0] + self.aux_weight * aux, result[1]
@@ -82,6 +87,26 @@ class DenseAuxiliaryTrainer(SFTTrainer):
             logs["aux_loss"] = round(sum(self.aux_history) / len(self.aux_history), 4)
             self.aux_history.clear()
         super().log(logs, *args, **kwargs)
+
+
+class ReferringCurveCallback(TrainerCallback):
+    """Every `every` steps, greedy referring accuracy on `num_scenes` fresh scenes per region type (seed 4242, not the
+    table's), added to the log history: the learning curves of the README."""
+
+    def __init__(self, every: int, num_scenes: int, scene_kwargs: dict):
+        self.every, self.num_scenes, self.scene_kwargs = every, num_scenes, scene_kwargs
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if state.global_step % self.every and state.global_step != state.max_steps:
+            return
+        from evaluate import evaluate_referring  # noqa: PLC0415  (evaluate.py imports recipe, as train.py does)
+
+        model.eval()
+        with torch.no_grad():
+            results = evaluate_referring(model, processing_class, self.num_scenes, seed=4242, scene_kwargs=self.scene_kwargs)
+        model.train()
+        state.log_history.append({"step": state.global_step, **{f"curve_{key}": value for key, value in results.items()}})
+        print(json.dumps(state.log_history[-1]), flush=True)
 
 
 def main(argv=None):
@@ -99,11 +124,16 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1, help="data-loader processes (overlap scene generation)")
     parser.add_argument("--aux-weight", type=float, default=1.0, help="dense per-patch loss weight (0 = off)")
     parser.add_argument("--aux-batch-size", type=int, default=16)
+    parser.add_argument("--aux-object-weight", type=float, default=0.0,
+                        help="extra dense loss averaged over object patches only (pretrain_vision.dense_patch_loss)")
     parser.add_argument("--init-from", help="continue from this checkpoint (model + processor) instead of a new model")
     parser.add_argument("--any-resolution", action="store_true",
                         help="with --init-from: turn the v1 checkpoint into a Ferret-v2 (recipe.to_any_resolution)")  # fmt: skip
     parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
                         help="object sizes in source pixels (default: the recipe's 20 80)")  # fmt: skip
+    parser.add_argument("--sampler-init", help="stage 0b: a region-sampler state dict (probe_regions.py --save-sampler)")
+    parser.add_argument("--eval-every", type=int, default=0, help="referring accuracy every N steps (0 = off)")
+    parser.add_argument("--eval-scenes", type=int, default=48)
     parser.add_argument("--task-weights", help="e.g. roc_open=6,roc_choice=2,same_bbox=1 (default: recipe.TASK_WEIGHTS)")
     parser.add_argument("--coordinates-only", action="store_true",
                         help="ablation: the region token is a plain embedding, no region features")  # fmt: skip
@@ -121,6 +151,8 @@ def main(argv=None):
         tokenizer = train_tokenizer(extra_tokens=["<unused_region>"] if args.coordinates_only else ())
         processor = build_processor(tokenizer)
         model = build_model(tokenizer, args.vision, seed=args.seed)
+    if args.sampler_init:
+        model.model.region_sampler.load_state_dict(torch.load(args.sampler_init, weights_only=True))
     if args.coordinates_only:
         model.config.region_token_index = tokenizer.convert_tokens_to_ids("<unused_region>")
     if args.aux_weight:
@@ -146,19 +178,23 @@ def main(argv=None):
     trainer = DenseAuxiliaryTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=processor,
         data_collator=collator_class(processor, seed=args.seed), aux_weight=args.aux_weight,
-        aux_batch_size=args.aux_batch_size, aux_seed=args.seed,
+        aux_batch_size=args.aux_batch_size, aux_seed=args.seed, aux_object_weight=args.aux_object_weight,
+        scene_kwargs={**SCENE_KWARGS, **scene_overrides},
     )  # fmt: skip
+    if args.eval_every:
+        trainer.add_callback(ReferringCurveCallback(args.eval_every, args.eval_scenes, {**SCENE_KWARGS, **scene_overrides}))
     trainer.train()
     if args.aux_weight:
         del model.dense_auxiliary_heads
     output = Path(args.output_dir)
     model.save_pretrained(output)
     processor.save_pretrained(output)
-    log = [entry for entry in trainer.state.log_history if "loss" in entry]
+    log = [entry for entry in trainer.state.log_history if "loss" in entry or "curve_roc_box" in entry]
     summary = {"steps": args.max_steps, "batch_size": args.batch_size, "seconds": round(time.perf_counter() - started),
                "vision": args.vision, "aux_weight": args.aux_weight, "coordinates_only": args.coordinates_only,
                "turns_per_image": args.turns_per_image, "init_from": args.init_from, "task_weights": task_weights,
-               "any_resolution": args.any_resolution, "object_size": args.object_size, "log": log}  # fmt: skip
+               "any_resolution": args.any_resolution, "object_size": args.object_size,
+               "aux_object_weight": args.aux_object_weight, "sampler_init": args.sampler_init, "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))
     return summary

@@ -70,7 +70,9 @@ def synthetic_scene(seed: int):
     """A generated scene and the free-form mask of one of its objects."""
     from transformers_ferret.synthetic_shapes import generate_scene
 
-    scene = generate_scene(np.random.default_rng(seed), num_objects=(3, 5), min_side=160, max_side=320)
+    scene = generate_scene(  # the shipped model's training scenes (benchmarks/shapes/recipe.py SCENE_KWARGS)
+        np.random.default_rng(seed), num_objects=(3, 5), min_side=160, max_side=320, object_size=(40, 110)
+    )
     target = scene.objects[0]
     return scene.image, target.mask, target.name
 

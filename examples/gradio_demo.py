@@ -155,7 +155,9 @@ def annotate(image: Image.Image, regions: list[Region], numbers: list[int], enti
 def synthetic_image(seed: int) -> np.ndarray:
     from transformers_ferret.synthetic_shapes import generate_scene
 
-    scene = generate_scene(np.random.default_rng(seed), num_objects=(3, 5), min_side=240, max_side=320)
+    scene = generate_scene(
+        np.random.default_rng(seed), num_objects=(3, 5), min_side=240, max_side=320, object_size=(40, 110)
+    )
     return np.asarray(scene.image.convert("RGB"))
 
 

@@ -82,12 +82,11 @@ def test_region_probe_masks_are_the_object_its_box_and_an_11px_window_at_the_pix
     from transformers_ferret.synthetic_shapes import ShapeObject
 
     mask = np.zeros((40, 60), dtype=bool)
-    mask[10:31, 20:26] = True  # a vertical bar x 20..25, y 10..30: centroid (22.5, 20), nearest pixel (22, 20)
-    mask[10:13, 26:41] = True  # plus a top arm x 26..40, y 10..12 (moves the centroid right and up)
+    mask[10:31, 20:26] = True  # a vertical bar x 20..25, y 10..30 (126 pixels)
+    mask[10:13, 26:41] = True  # a top arm x 26..40, y 10..12 (45 pixels)
+    # centroid x = (126 * 22.5 + 45 * 33) / 171 = 25.26, y = (126 * 20 + 45 * 11) / 171 = 17.63: nearest pixel (25, 18)
     obj = ShapeObject("red", "cross", mask, (20, 10, 40, 30))
-    ys, xs = np.nonzero(mask)
-    nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
-    cx, cy = xs[nearest], ys[nearest]
+    cx, cy = 25, 18
     masks = region_masks(obj, 40, 60)
     assert (masks["free-form"] == mask).all()
     expected_box = np.zeros_like(mask)

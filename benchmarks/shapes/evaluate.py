@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from recipe import SCENE_KWARGS  # noqa: E402
+from recipe import SCENE_KWARGS, scene_kwargs  # noqa: E402
 
 import transformers_ferret  # noqa: E402,F401
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
@@ -140,11 +140,11 @@ def main(argv=None):
                         help="object sizes of the scenes (default: the recipe's; 20 80 for session 2's runs)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    scene_kwargs = {**SCENE_KWARGS, "object_size": tuple(args.object_size)} if args.object_size else None
+    scenes = scene_kwargs(args.object_size)
     model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    results = evaluate(model, processor, args.num_scenes, args.batch_size, args.seed, scene_kwargs)
-    results["object_size"] = list((scene_kwargs or SCENE_KWARGS)["object_size"])  # the scenes this row was measured on
+    results = evaluate(model, processor, args.num_scenes, args.batch_size, args.seed, scenes)
+    results["object_size"] = list(scenes["object_size"])  # the scenes this row was measured on
     print(json.dumps(results, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -21,7 +21,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers_ferret import FerretImageProcessorPil
 from transformers_ferret.synthetic_shapes import COLOURS, SHAPES, generate_scene
 
-SCENE_KWARGS = dict(min_side=160, max_side=320, num_objects=(2, 5), object_size=(40, 110))  # = recipe.SCENE_KWARGS
+from recipe import SCENE_KWARGS, scene_kwargs  # noqa: E402  (benchmarks/shapes is the script's folder)
+
 
 
 def tiny_clip_config(image_size: int = 112, patch_size: int = 16) -> CLIPVisionConfig:
@@ -141,7 +142,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    scene_kwargs = {**SCENE_KWARGS, **({"object_size": tuple(args.object_size)} if args.object_size else {})}
+    scenes = scene_kwargs(args.object_size)
     config = tiny_clip_config(args.image_size, args.patch_size)
     grid = args.image_size // args.patch_size
     model = PatchClassifier(config).train()
@@ -151,7 +152,7 @@ def main(argv=None):
     rng = np.random.default_rng([args.seed, 0])
     log, started = [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        pixels, colours, shapes = make_batch(rng, image_processor, args.batch_size, grid, scene_kwargs)
+        pixels, colours, shapes = make_batch(rng, image_processor, args.batch_size, grid, scenes)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             colour_logits, shape_logits = model(pixels)
         loss = dense_patch_loss(colour_logits, shape_logits, colours, shapes, args.object_weight)
@@ -169,7 +170,7 @@ def main(argv=None):
                      "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
             log.append(entry)
             print(json.dumps(entry), flush=True)
-    held_out = held_out_accuracy(model, image_processor, grid, scene_kwargs)
+    held_out = held_out_accuracy(model, image_processor, grid, scenes)
     print(json.dumps({"held_out": held_out}), flush=True)
     output = Path(args.output_dir)
     model.tower.save_pretrained(output)

@@ -23,25 +23,23 @@ from torch import nn
 from transformers import CLIPVisionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_vision import SCENE_KWARGS  # noqa: E402
+from recipe import SAMPLER_KWARGS, scene_kwargs  # noqa: E402
 
 from transformers_ferret import FerretConfig, FerretImageProcessorPil  # noqa: E402
 from transformers_ferret.modeling_ferret_sampler import FerretRegionSampler, sample_point_features  # noqa: E402
-from transformers_ferret.region_utils import mask_to_points  # noqa: E402
+from transformers_ferret.region_utils import mask_to_points, normalize_region  # noqa: E402
 from transformers_ferret.synthetic_shapes import COLOURS, SHAPES, generate_scene  # noqa: E402
 
 REGION_TYPES = ("free-form", "box", "point")
 
 
 def region_masks(obj, height: int, width: int) -> dict[str, np.ndarray]:
-    """The three region masks `[height, width]` of one object."""
-    x1, y1, x2, y2 = obj.box
-    box = np.zeros((height, width), dtype=bool)
-    box[y1 : y2 + 1, x1 : x2 + 1] = True
+    """The three region masks `[height, width]` of one object, built as the processor builds them
+    (`normalize_region`); the point is the mask pixel nearest the mask's centroid."""
     ys, xs = np.nonzero(obj.mask)
     nearest = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
-    point = np.zeros((height, width), dtype=bool)
-    point[max(ys[nearest] - 5, 0) : ys[nearest] + 6, max(xs[nearest] - 5, 0) : xs[nearest] + 6] = True
+    box, _ = normalize_region(obj.box, (height, width))
+    point, _ = normalize_region((int(xs[nearest]), int(ys[nearest])), (height, width))
     return {"free-form": obj.mask, "box": box, "point": point}
 
 
@@ -101,22 +99,22 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    scene_kwargs = {**SCENE_KWARGS, **({"object_size": tuple(args.object_size)} if args.object_size else {})}
+    scenes = scene_kwargs(args.object_size)
+    num_points = SAMPLER_KWARGS["sampler_num_init_points"]
     torch.manual_seed(0)
     tower = CLIPVisionModel.from_pretrained(args.vision).eval()
     vision_config = tower.config
     grid = vision_config.image_size // vision_config.patch_size
     config = FerretConfig(
-        vision_config=vision_config.to_dict(), text_config={"model_type": "llama", "hidden_size": 256},
-        sampler_num_init_points=256, sampler_num_sub_points=[64, 16], sampler_num_neighbors=[16, 16],
-    )  # the recipe's sampler (recipe.build_model)
+        vision_config=vision_config.to_dict(), text_config={"model_type": "llama", "hidden_size": 256}, **SAMPLER_KWARGS
+    )  # the recipe's sampler, with the tiny Llama's width as output
     probe = RegionProbe(config, args.reader)
     image_processor = FerretImageProcessorPil(size={"height": vision_config.image_size, "width": vision_config.image_size})
     optimizer = torch.optim.AdamW(probe.parameters(), lr=args.lr, weight_decay=0.01)
     rng, generator = np.random.default_rng([0, 3]), torch.Generator().manual_seed(0)
     started, log = time.perf_counter(), []
     for step in range(1, args.steps + 1):
-        pixels, regions = make_batch(rng, image_processor, args.batch_size, 256, generator, scene_kwargs)
+        pixels, regions = make_batch(rng, image_processor, args.batch_size, num_points, generator, scenes)
         maps = feature_maps(tower, pixels, grid)
         loss = 0
         for points, index, colours, shapes in regions.values():
@@ -133,7 +131,7 @@ def main(argv=None):
     hits = {f"{kind}_{part}": [] for kind in REGION_TYPES for part in ("colour", "shape")}
     with torch.no_grad():
         for _ in range(args.eval_scenes // 32):
-            pixels, regions = make_batch(rng, image_processor, 32, 256, None, scene_kwargs)
+            pixels, regions = make_batch(rng, image_processor, 32, num_points, None, scenes)
             maps = feature_maps(tower, pixels, grid)
             for kind, (points, index, colours, shapes) in regions.items():
                 colour_logits, shape_logits = probe(maps, points, index)

@@ -22,6 +22,15 @@ SCENE_KWARGS = dict(min_side=160, max_side=320, num_objects=(2, 5), object_size=
 """Training and evaluation scenes. Objects of 40-110 source pixels are 14-77 px in the 112 px input, at least about one
 16 px patch, so their shape is visible to the tiny tower (session 2 used 20-80 px, i.e. down to 7 px, and its tower
 never learned shape). Small objects are measured separately (evaluate.SMALL_OBJECT_SCENES), for any-resolution."""
+
+
+def scene_kwargs(object_size=None) -> dict:
+    """`SCENE_KWARGS`, with `object_size` `(min, max)` instead of the recipe's when given (the scripts' --object-size)."""
+    return {**SCENE_KWARGS, **({"object_size": tuple(object_size)} if object_size else {})}
+
+
+SAMPLER_KWARGS = dict(sampler_num_init_points=256, sampler_num_sub_points=[64, 16], sampler_num_neighbors=[16, 16])
+"""The reduced region sampler of the tiny model (256 points, stages of 64 and 16 points, 16 neighbours)."""
 TASK_WEIGHTS = {"roc_open": 4, "roc_choice": 2, "rec": 2, "dense_detection": 1, "same_bbox": 1}
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 
@@ -83,7 +92,7 @@ def build_model(tokenizer, vision_dir: str | Path | None, seed: int = 0):
         vision_config=vision_config.to_dict(), text_config=text_config.to_dict(), tie_word_embeddings=True,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
         region_token_index=tokenizer.convert_tokens_to_ids("<region_fea>"), projector_type="mlp2x_gelu",
-        sampler_num_init_points=256, sampler_num_sub_points=[64, 16], sampler_num_neighbors=[16, 16],
+        **SAMPLER_KWARGS,
     )  # fmt: skip
     model = FerretForConditionalGeneration(config)
     if vision_dir is not None:

@@ -22,7 +22,8 @@ from trl import SFTConfig, SFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_vision import DensePatchHeads, dense_patch_loss, make_batch  # noqa: E402
-from recipe import SCENE_KWARGS, build_model, build_processor, sample_stream, to_any_resolution, train_tokenizer  # noqa: E402
+from evaluate import evaluate_referring  # noqa: E402
+from recipe import build_model, build_processor, sample_stream, scene_kwargs, to_any_resolution, train_tokenizer  # noqa: E402
 
 import transformers_ferret  # noqa: E402,F401  (registers Ferret with the Auto classes)
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
@@ -99,8 +100,6 @@ class ReferringCurveCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if state.global_step % self.every and state.global_step != state.max_steps:
             return
-        from evaluate import evaluate_referring  # noqa: PLC0415  (evaluate.py imports recipe, as train.py does)
-
         model.eval()
         with torch.no_grad():
             results = evaluate_referring(model, processing_class, self.num_scenes, seed=4242, scene_kwargs=self.scene_kwargs)
@@ -179,10 +178,10 @@ def main(argv=None):
         model=model, args=config, train_dataset=dataset, processing_class=processor,
         data_collator=collator_class(processor, seed=args.seed), aux_weight=args.aux_weight,
         aux_batch_size=args.aux_batch_size, aux_seed=args.seed, aux_object_weight=args.aux_object_weight,
-        scene_kwargs={**SCENE_KWARGS, **scene_overrides},
+        scene_kwargs=scene_kwargs(args.object_size),
     )  # fmt: skip
     if args.eval_every:
-        trainer.add_callback(ReferringCurveCallback(args.eval_every, args.eval_scenes, {**SCENE_KWARGS, **scene_overrides}))
+        trainer.add_callback(ReferringCurveCallback(args.eval_every, args.eval_scenes, scene_kwargs(args.object_size)))
     trainer.train()
     if args.aux_weight:
         del model.dense_auxiliary_heads

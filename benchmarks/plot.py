@@ -34,7 +34,8 @@ def _label(value: float) -> str:
 def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: dict[str, tuple[list, list]],
                title: str, xlabel: str, ylabel: str, log2_x: bool = False) -> None:  # fmt: skip
     """Draws `series` (`name -> (xs, ys)`) as lines with markers in the pixel `box` (left, top, right, bottom)."""
-    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127)]
     left, top, right, bottom = box
     font, small = _font(14), _font(11)
     plot_left, plot_top, plot_right, plot_bottom = left + 62, top + 28, right - 12, bottom - 42
@@ -61,7 +62,10 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
         draw.line((plot_left, y, plot_right, y), fill=(225, 225, 225))
         draw.text((plot_left - 6, y), _label(tick), fill="black", font=small, anchor="rm")
     draw.rectangle((plot_left, plot_top, plot_right, plot_bottom), outline="black")
-    for x in sorted(set(xs_all)):
+    x_ticks = sorted(set(xs_all))
+    if len(x_ticks) > 12 and not log2_x:  # too many points to label each: round ticks over the range
+        x_ticks = [tick for tick in _nice_ticks(min(xs_all), max(xs_all), 8) if min(xs_all) <= tick <= max(xs_all)]
+    for x in x_ticks:
         xpos, _ = px(x, y_low)
         draw.line((xpos, plot_bottom, xpos, plot_bottom + 4), fill="black")
         draw.text((xpos, plot_bottom + 6), _label(x), fill="black", font=small, anchor="mt")

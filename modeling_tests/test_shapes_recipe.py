@@ -34,7 +34,7 @@ def test_smoke_training_loss_falls_and_the_evaluation_runs(tmp_path):
     metrics = {key: value for key, value in results.items() if key not in ("num_scenes", "eval_seconds", "object_size")}
     roc = [f"roc_{kind}{part}" for kind in ("point", "box", "free-form", "small_objects_box") for part in ("", "_colour", "_shape")]
     assert set(metrics) == {*roc, "roc_binary_choice", "same_bbox_colour_free-form", "same_bbox_colour_box-of-pair",
-                            "rec_acc@0.5", "rec_parse_failure_rate"}  # fmt: skip
+                            "rec_acc@0.5", "rec_parse_failure_rate", "rec_mean_iou"}  # fmt: skip
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
 
 
@@ -73,6 +73,76 @@ def test_dense_patch_loss_object_term_is_the_mean_over_covered_patches_only():
     assert weighted == pytest.approx(plain + 2.0 * object_only, rel=1e-6)
     # no object patch in the batch: the object term is skipped, not a NaN
     assert dense_patch_loss(colour_logits, shape_logits, colours, torch.zeros_like(shapes), 2.0).isfinite()
+    # the box term: L1 over the 4 coordinates of the two object patches only (the background patch's box is ignored)
+    predictions = torch.tensor([[[9.0, 9.0, 9.0, 9.0], [0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0]]])
+    boxes = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [0.1, 0.1, 0.5, 0.5], [0.2, 0.2, 0.6, 0.6]]])
+    box_l1 = (0.0 + 0.1 + 0.0 + 0.1 + 0.2 + 0.2 + 0.4 + 0.4) / 8
+    with_boxes = dense_patch_loss(colour_logits, shape_logits, colours, shapes, 0.0, predictions, boxes, box_weight=3.0)
+    assert with_boxes.item() == pytest.approx(plain + 3.0 * box_l1, rel=1e-6)
+    no_objects = dense_patch_loss(colour_logits, shape_logits, colours, torch.zeros_like(shapes), 0.0, predictions,
+                                  boxes, box_weight=3.0)  # fmt: skip
+    # with digit logits the box term adds the digits' cross-entropy: uniform logits cost ln 10 per digit
+    uniform_digits = torch.zeros(1, 3, 4, 2, 10)
+    with_digits = dense_patch_loss(colour_logits, shape_logits, colours, shapes, 0.0, predictions, boxes, 3.0, uniform_digits)
+    assert with_digits.item() == pytest.approx(plain + 3.0 * (box_l1 + math.log(10)), rel=1e-6)
+    # no object patch: the box term is skipped, not a NaN
+    assert no_objects.item() == dense_patch_loss(colour_logits, shape_logits, colours, torch.zeros_like(shapes)).item()
+
+
+def test_box_digit_labels_are_the_hundreds_and_tens_of_the_truncated_grid_value_the_answer_writes():
+    import torch
+    from pretrain_vision import box_digit_labels
+
+    # a 291 x 200 image: x 53 -> int(53000 / 291) = 182; x 100 of 200 -> exactly 500 (no float drift below it)
+    boxes = torch.tensor([[53 / 291, 100 / 200, 290 / 291, 0.0]], dtype=torch.float32)
+    assert box_digit_labels(boxes).tolist() == [[[1, 8], [5, 0], [9, 9], [0, 0]]]  # 290 -> 996 -> (9, 9)
+
+
+def test_patch_labels_give_each_patch_the_topmost_covering_object_and_its_box_as_image_fractions():
+    import numpy as np
+    from PIL import Image
+    from pretrain_vision import patch_labels
+
+    from transformers_ferret.synthetic_shapes import COLOURS, SHAPES, ShapeObject, ShapeScene
+
+    # a 200 x 100 image, grid 2: patch centres at x 50 / 150, y 25 / 75
+    under = np.zeros((100, 200), dtype=bool)
+    under[0:60, 0:120] = True  # covers the centre (50, 25) only
+    over = np.zeros((100, 200), dtype=bool)
+    over[50:100, 20:200] = True  # covers the centres (50, 75) and (150, 75); (150, 25) stays background
+    objects = [ShapeObject("red", "star", under, (0, 0, 119, 59)), ShapeObject("blue", "ring", over, (20, 50, 199, 99))]
+    colour, shape, boxes = patch_labels(ShapeScene(Image.new("RGB", (200, 100)), objects), grid=2)
+    red, blue = list(COLOURS).index("red") + 1, list(COLOURS).index("blue") + 1
+    star, ring = SHAPES.index("star") + 1, SHAPES.index("ring") + 1
+    assert colour.tolist() == [red, 0, blue, blue] and shape.tolist() == [star, 0, ring, ring]
+    np.testing.assert_allclose(boxes, [[0, 0, 0.595, 0.59], [0, 0, 0, 0], [0.1, 0.5, 0.995, 0.99], [0.1, 0.5, 0.995, 0.99]])
+
+
+def test_report_puts_each_continuation_after_its_parent_on_the_step_axis():
+    from report import step_offsets
+
+    def run(folder, steps, init_from=None):
+        return {"folder": folder, "train": {"steps": steps, "init_from": init_from}}
+
+    runs = {"G": run("roc_v1", 1500), "K": run("roc_anyres", 250, "/somewhere/roc_v1"),
+            "L": run("roc_anyres_more", 300, "runs/roc_anyres"), "J": run("roc_fixed", 250, "runs/roc_v1"),
+            "X": run("orphan", 100, "runs/not_in_the_table")}  # fmt: skip
+    assert step_offsets(runs) == {"G": 0, "K": 1500, "L": 1750, "J": 1500}
+
+
+def test_report_takes_runs_missing_here_from_the_previous_report_and_reads_present_ones_from_their_folder(tmp_path):
+    from report import load_run
+
+    previous = {"L. old": {"folder": "elsewhere", "train": {"steps": 300}, "eval": {"roc_box": 0.77}}}
+    missing = load_run(tmp_path / "roc_anyres_more", "L. old", previous)
+    assert missing == {"folder": "roc_anyres_more", "train": {"steps": 300}, "eval": {"roc_box": 0.77}}
+    present = tmp_path / "roc_q"
+    present.mkdir()
+    (present / "train_log.json").write_text(json.dumps({"steps": 2000}))
+    (present / "eval.json").write_text(json.dumps({"roc_box": 0.9}))
+    assert load_run(present, "L. old", previous) == {"folder": "roc_q", "train": {"steps": 2000}, "eval": {"roc_box": 0.9}}
+    with pytest.raises(FileNotFoundError):
+        load_run(tmp_path / "nowhere", "not in the previous report", previous)
 
 
 def test_region_probe_masks_are_the_object_its_box_and_an_11px_window_at_the_pixel_nearest_its_centroid():

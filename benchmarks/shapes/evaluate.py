@@ -1,7 +1,7 @@
 """Evaluate a Ferret checkpoint on fresh synthetic shapes: referring (ROC) per region type, binary choice,
 the same-bounding-box test, REC, and small objects.
 
-    python benchmarks/shapes/evaluate.py --model runs/ferret --num-scenes 200 [--json results.json]
+    python benchmarks/shapes/evaluate.py --model runs/ferret --num-scenes 200 [--json results.json] [--diagnostics]
 
 Questions use the training templates of `transformers_ferret.synthetic_shapes` (seed 12345, never used in training);
 answers are greedy. Metrics come from `transformers_ferret.evaluation`: ROC = exact class named (negations
@@ -23,7 +23,7 @@ import transformers_ferret  # noqa: E402,F401
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 from transformers_ferret import FerretDataCollator  # noqa: E402
 from transformers_ferret.evaluation import rec_accuracy, roc_accuracy  # noqa: E402
-from transformers_ferret.synthetic_shapes import make_sample  # noqa: E402
+from transformers_ferret.synthetic_shapes import SHAPES, make_sample  # noqa: E402
 
 EVAL_SEED = 12345
 SMALL_OBJECT_SCENES = dict(min_side=288, max_side=320, num_objects=(2, 5), object_size=(10, 18))
@@ -96,6 +96,17 @@ def evaluate_referring(model, processor, num_scenes: int, batch_size: int = 16, 
     return results
 
 
+def evaluate_rec(model, processor, num_scenes: int, batch_size: int = 16, seed: int = EVAL_SEED,
+                 scene_kwargs=None) -> dict:
+    """REC Acc@0.5 (first predicted box), its parse-failure rate, and the mean IoU of the first box (0 when none)."""
+    samples = eval_samples("rec", num_scenes, scene_kwargs=scene_kwargs, seed=seed)
+    predictions = answer(model, processor, samples, batch_size, max_new_tokens=32)
+    rec = rec_accuracy(predictions, [truth(sample)[1] for sample in samples],
+                       [(sample["image_h"], sample["image_w"]) for sample in samples])  # fmt: skip
+    return {"rec_acc@0.5": rec["accuracy"], "rec_parse_failure_rate": rec["parse_failure_rate"],
+            "rec_mean_iou": rec["mean_iou"]}  # fmt: skip
+
+
 def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed: int = EVAL_SEED,
              scene_kwargs=None) -> dict:
     """Every metric of the table on `num_scenes` scenes per question set, generated with `seed`; `scene_kwargs`
@@ -113,12 +124,7 @@ def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed
         results[f"same_bbox_colour_{variant}"] = sum(
             colour in prediction.split() for colour, prediction in zip(colours, predictions)
         ) / len(samples)
-    samples = eval_samples("rec", num_scenes, scene_kwargs=scene_kwargs, seed=seed)
-    predictions = answer(model, processor, samples, batch_size, max_new_tokens=32)
-    rec = rec_accuracy(predictions, [truth(sample)[1] for sample in samples],
-                       [(sample["image_h"], sample["image_w"]) for sample in samples])  # fmt: skip
-    results["rec_acc@0.5"] = rec["accuracy"]
-    results["rec_parse_failure_rate"] = rec["parse_failure_rate"]
+    results.update(evaluate_rec(model, processor, num_scenes, batch_size, seed, scene_kwargs))
     samples = eval_samples("roc_open", num_scenes, "box", SMALL_OBJECT_SCENES, seed=seed)
     names = class_names(samples)
     predictions = answer(model, processor, samples, batch_size)
@@ -130,6 +136,55 @@ def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed
     return results
 
 
+def shape_confusion(model, processor, num_scenes: int, batch_size: int = 16, seed: int = EVAL_SEED,
+                    scene_kwargs=None) -> dict:
+    """
+    Where referring answers go wrong (box regions, the table's questions): `{true shape: {answered shape: count}}`
+    (`"none"` when no shape word is named), and the shape accuracy per object size in the model's input (the longer
+    box side once the image is resized to the vision tower's input: bins of 10 px, `"70+"` the last).
+    """
+    samples = eval_samples("roc_open", num_scenes, "box", scene_kwargs, seed=seed)
+    predictions = answer(model, processor, samples, batch_size)
+    side = model.config.vision_config.image_size
+    confusion = {shape: {} for shape in SHAPES}
+    by_size = {}
+    for sample, name, prediction in zip(samples, class_names(samples), predictions):
+        true_shape = name.split()[-1]
+        answered = next((word for word in prediction.replace(".", " ").split() if word in SHAPES), "none")
+        confusion[true_shape][answered] = confusion[true_shape].get(answered, 0) + 1
+        x1, y1, x2, y2 = sample["box_x1y1x2y2"][0][0]  # the referred region (the question's box)
+        size = max((x2 - x1 + 1) * side / sample["image_w"], (y2 - y1 + 1) * side / sample["image_h"])
+        key = "70+" if size >= 70 else f"{int(size // 10) * 10}-{int(size // 10) * 10 + 9}"
+        by_size.setdefault(key, []).append(answered == true_shape)
+    size_order = sorted(by_size, key=lambda key: int(key.split("-")[0].rstrip("+")))
+    return {
+        "shape_confusion_box": confusion,
+        "shape_accuracy_by_input_size_box": {key: [len(by_size[key]), round(sum(by_size[key]) / len(by_size[key]), 3)]
+                                             for key in size_order},  # fmt: skip
+    }
+
+
+IMAGE_INPUTS = ("pixel_values", "pixel_values_tiles", "image_grids", "image_sizes")
+
+
+def image_reliance(model, processor, num_scenes: int, seed: int = EVAL_SEED, scene_kwargs=None,
+                   tasks=("rec", "roc_open")) -> dict:
+    """
+    How much each task's answers depend on the image: the teacher-forced answer loss (mean over answer tokens, one
+    batch of `num_scenes` questions per task) with each sample's own image, and with the images rolled by one sample
+    along the batch (each question then sees another scene; the text and the region coordinates stay).
+    """
+    collator = FerretDataCollator(processor, seed=0)
+    results = {}
+    for task in tasks:
+        batch = collator(eval_samples(task, num_scenes, scene_kwargs=scene_kwargs, seed=seed))
+        shuffled = {**batch, **{key: batch[key].roll(1, 0) for key in IMAGE_INPUTS if key in batch}}
+        with torch.no_grad():
+            results[f"{task}_answer_loss"] = round(model(**batch).loss.item(), 4)
+            results[f"{task}_answer_loss_shuffled_images"] = round(model(**shuffled).loss.item(), 4)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -138,6 +193,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help="scene seed (training uses 0 and 99)")
     parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
                         help="object sizes of the scenes (default: the recipe's; 20 80 for session 2's runs)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="add the shape confusion, the shape accuracy per object size, REC on one-object scenes and the "
+                             "answer loss with shuffled images (image_reliance)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     scenes = scene_kwargs(args.object_size)
@@ -145,6 +203,11 @@ def main(argv=None):
     processor = AutoProcessor.from_pretrained(args.model)
     results = evaluate(model, processor, args.num_scenes, args.batch_size, args.seed, scenes)
     results["object_size"] = list(scenes["object_size"])  # the scenes this row was measured on
+    if args.diagnostics:
+        results.update(shape_confusion(model, processor, args.num_scenes, args.batch_size, args.seed, scenes))
+        single = evaluate_rec(model, processor, args.num_scenes, args.batch_size, args.seed, {**scenes, "num_objects": (1, 1)})
+        results.update({f"{key}_one_object_scenes": round(value, 3) for key, value in single.items()})  # REC without choosing
+        results.update(image_reliance(model, processor, 64, args.seed, scenes))
     print(json.dumps(results, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

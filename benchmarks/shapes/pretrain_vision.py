@@ -43,43 +43,73 @@ def sincos_position_embeddings(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim), table])
 
 
-def patch_labels(scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Colour and shape class (0 = background) of the object under each patch centre, `[grid * grid]` each."""
+def patch_labels(scene, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Per patch, `[grid * grid]` each: the colour and the shape class (0 = background) of the object under the patch
+    centre, and that object's box as fractions of the image `[grid * grid, 4]` (x1, y1, x2, y2; zeros on background):
+    the box is what a grounding answer writes, in 0..1 instead of 0..999.
+    """
     centres = (np.arange(grid) + 0.5) / grid
     ys = (centres * scene.height).astype(int)
     xs = (centres * scene.width).astype(int)
     colour, shape = np.zeros((grid, grid), dtype=np.int64), np.zeros((grid, grid), dtype=np.int64)
+    boxes = np.zeros((grid, grid, 4), dtype=np.float32)
+    size = np.array([scene.width, scene.height, scene.width, scene.height], dtype=np.float32)
     for obj in scene.objects:  # a handful of objects per scene; later objects are drawn on top
         covered = obj.mask[np.ix_(ys, xs)]
         colour[covered] = list(COLOURS).index(obj.colour) + 1
         shape[covered] = SHAPES.index(obj.shape) + 1
-    return colour.reshape(-1), shape.reshape(-1)
+        boxes[covered] = np.array(obj.box, dtype=np.float32) / size  # as the answer text writes it, / 1000
+    return colour.reshape(-1), shape.reshape(-1), boxes.reshape(-1, 4)
 
 
 def make_batch(rng, image_processor, batch_size: int, grid: int, scene_kwargs=None):
+    """`batch_size` fresh scenes: pixel values and the per-patch labels of `patch_labels` (colours, shapes, boxes)."""
     scenes = [generate_scene(rng, **(scene_kwargs or SCENE_KWARGS)) for _ in range(batch_size)]
     pixels = image_processor([scene.image for scene in scenes], return_tensors="pt")["pixel_values"]
     labels = [patch_labels(scene, grid) for scene in scenes]
-    return pixels, torch.from_numpy(np.stack([c for c, _ in labels])), torch.from_numpy(np.stack([s for _, s in labels]))
+    return (pixels,) + tuple(torch.from_numpy(np.stack(column)) for column in zip(*labels))
 
 
 class DensePatchHeads(nn.Module):
-    """Per-patch colour and shape classifiers (class 0 = background) on `[batch, patches, hidden]` features."""
+    """
+    Per-patch heads on `[batch, patches, hidden]` features: colour and shape classifiers (class 0 = background), a box
+    regressor (the covering object's box as fractions of the image, `[batch, patches, 4]`) and box-digit classifiers
+    (the hundreds and the tens digit of each coordinate on the 0..999 grid, `[batch, patches, 4, 2, 10]`).
+    """
 
     def __init__(self, hidden_size: int):
         super().__init__()
         self.colour = nn.Linear(hidden_size, len(COLOURS) + 1)
         self.shape = nn.Linear(hidden_size, len(SHAPES) + 1)
+        self.box = nn.Linear(hidden_size, 4)
+        self.box_digits = nn.Linear(hidden_size, 4 * 2 * 10)
 
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.colour(features), self.shape(features)
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        digits = self.box_digits(features).unflatten(-1, (4, 2, 10))
+        return self.colour(features), self.shape(features), self.box(features), digits
 
 
-def dense_patch_loss(colour_logits, shape_logits, colours, shapes, object_weight: float = 0.0) -> torch.Tensor:
+def box_digit_labels(boxes: torch.Tensor) -> torch.Tensor:
+    """
+    `[..., 4]` box fractions -> `[..., 4, 2]` hundreds and tens digit of each coordinate's grid value `int(v * 1000)`,
+    the number a grounding answer writes. (`+ 1e-3` undoes float rounding: a true grid value `x * 1000 / width` of
+    integers is either whole or at least `1 / width` above the integer below it.)
+    """
+    grid_values = (boxes.float() * 1000 + 1e-3).floor().long().clamp(0, 999)
+    return torch.stack([grid_values // 100, grid_values // 10 % 10], dim=-1)
+
+
+def dense_patch_loss(colour_logits, shape_logits, colours, shapes, object_weight: float = 0.0, box_predictions=None,
+                     boxes=None, box_weight: float = 0.0, box_digit_logits=None) -> torch.Tensor:
     """
     Summed cross-entropy of the colour and the shape label of every patch, plus `object_weight` times the same
     cross-entropies averaged over the patches an object covers only (most patches are background, which otherwise
-    dominates the mean and leaves the shape of the few object patches with little gradient).
+    dominates the mean and leaves the shape of the few object patches with little gradient), plus `box_weight` times
+    the box term over the covered patches: the L1 error of `box_predictions` against `boxes` (`[batch, patches, 4]`,
+    fractions of the image) and, when `box_digit_logits` (`[batch, patches, 4, 2, 10]`) are given, the mean
+    cross-entropy of the coordinates' hundreds and tens digits (`box_digit_labels`). The box term puts where each
+    object is into the features, in the form a grounding answer writes it.
     """
     colour_loss = nn.functional.cross_entropy(colour_logits.float().flatten(0, 1), colours.flatten(), reduction="none")
     shape_loss = nn.functional.cross_entropy(shape_logits.float().flatten(0, 1), shapes.flatten(), reduction="none")
@@ -87,6 +117,15 @@ def dense_patch_loss(colour_logits, shape_logits, colours, shapes, object_weight
     covered = shapes.flatten() > 0
     if object_weight and covered.any():
         loss = loss + object_weight * (colour_loss[covered].mean() + shape_loss[covered].mean())
+    if box_weight and covered.any():
+        targets = boxes.flatten(0, 1)[covered]
+        box_term = (box_predictions.float().flatten(0, 1)[covered] - targets).abs().mean()
+        if box_digit_logits is not None:
+            digit_logits = box_digit_logits.float().flatten(0, 1)[covered]
+            box_term = box_term + nn.functional.cross_entropy(
+                digit_logits.flatten(0, -2), box_digit_labels(targets).flatten()
+            )
+        loss = loss + box_weight * box_term
     return loss
 
 
@@ -107,19 +146,25 @@ class PatchClassifier(nn.Module):
 
 @torch.no_grad()
 def held_out_accuracy(model, image_processor, grid: int, scene_kwargs, num_scenes: int = 256, seed: int = 12345) -> dict:
-    """Per-patch colour and shape accuracy on patches covered by an object, over fresh scenes (a fixed seed)."""
+    """Per-patch colour and shape accuracy, box L1 error and hundreds-digit accuracy on patches covered by an object,
+    over fresh scenes (a fixed seed)."""
     rng = np.random.default_rng([seed, 1])
     was_training = model.training
     model.eval()
-    hits = {"colour": [], "shape": []}
+    hits, errors, digit_hits = {"colour": [], "shape": []}, [], []
     for _ in range(num_scenes // 32):
-        pixels, colours, shapes = make_batch(rng, image_processor, 32, grid, scene_kwargs)
-        colour_logits, shape_logits = model(pixels)
+        pixels, colours, shapes, boxes = make_batch(rng, image_processor, 32, grid, scene_kwargs)
+        colour_logits, shape_logits, box_predictions, digit_logits = model(pixels)
         covered = shapes > 0
         hits["colour"].append((colour_logits.argmax(-1) == colours)[covered])
         hits["shape"].append((shape_logits.argmax(-1) == shapes)[covered])
+        errors.append((box_predictions - boxes).abs()[covered])
+        digit_hits.append((digit_logits.argmax(-1) == box_digit_labels(boxes))[covered])
     model.train(was_training)
-    return {f"object_patch_{name}_acc": round(torch.cat(values).float().mean().item(), 4) for name, values in hits.items()}
+    results = {f"object_patch_{name}_acc": round(torch.cat(values).float().mean().item(), 4) for name, values in hits.items()}
+    results["object_patch_box_l1"] = round(torch.cat(errors).mean().item(), 4)  # fractions of the image side
+    results["object_patch_box_hundreds_acc"] = round(torch.cat(digit_hits)[..., 0].float().mean().item(), 4)
+    return results
 
 
 def main(argv=None):
@@ -136,6 +181,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--object-weight", type=float, default=0.0,
                         help="weight of the loss averaged over object patches only (see dense_patch_loss)")
+    parser.add_argument("--box-weight", type=float, default=0.0,
+                        help="weight of the per-patch object-box term, L1 + digit cross-entropy (see dense_patch_loss)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (about 1.8x faster on CPUs with avx512_bf16)")
     args = parser.parse_args(argv)
 
@@ -152,10 +199,11 @@ def main(argv=None):
     rng = np.random.default_rng([args.seed, 0])
     log, started = [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        pixels, colours, shapes = make_batch(rng, image_processor, args.batch_size, grid, scenes)
+        pixels, colours, shapes, boxes = make_batch(rng, image_processor, args.batch_size, grid, scenes)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-            colour_logits, shape_logits = model(pixels)
-        loss = dense_patch_loss(colour_logits, shape_logits, colours, shapes, args.object_weight)
+            colour_logits, shape_logits, box_predictions, digit_logits = model(pixels)
+        loss = dense_patch_loss(colour_logits, shape_logits, colours, shapes, args.object_weight, box_predictions, boxes,
+                                args.box_weight, digit_logits)  # fmt: skip
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -22,7 +22,7 @@ from trl import SFTConfig, SFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_vision import DensePatchHeads, dense_patch_loss, make_batch  # noqa: E402
-from evaluate import evaluate_referring  # noqa: E402
+from evaluate import evaluate_referring, evaluate_rec  # noqa: E402
 from recipe import build_model, build_processor, sample_stream, scene_kwargs, to_any_resolution, train_tokenizer  # noqa: E402
 
 import transformers_ferret  # noqa: E402,F401  (registers Ferret with the Auto classes)
@@ -52,16 +52,18 @@ class CoordinatesOnlyCollator(FerretDataCollator):
 
 
 class DenseAuxiliaryTrainer(SFTTrainer):
-    """SFTTrainer plus stage 0's dense per-patch colour/shape loss on a separate batch of fresh scenes each step.
+    """SFTTrainer plus stage 0's dense per-patch colour/shape (and optionally box) loss on a separate batch of fresh
+    scenes each step.
 
     The CPU notes measured that keeping this loss during instruction tuning is what makes the tiny tower learn shape;
     the two linear heads live on the model as `dense_auxiliary_heads` during training and are removed before saving.
     """
 
     def __init__(self, *args, aux_weight: float, aux_batch_size: int, aux_seed: int, aux_object_weight: float = 0.0,
-                 scene_kwargs: dict | None = None, **kwargs):
+                 aux_box_weight: float = 0.0, aux_box_digits: bool = True, scene_kwargs: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.aux_weight, self.aux_batch_size, self.aux_object_weight = aux_weight, aux_batch_size, aux_object_weight
+        self.aux_box_weight, self.aux_box_digits = aux_box_weight, aux_box_digits
         self.scene_kwargs = scene_kwargs
         self.aux_rng = np.random.default_rng([aux_seed, 1])
         self.aux_history = []  # dense losses since the last log
@@ -72,12 +74,15 @@ class DenseAuxiliaryTrainer(SFTTrainer):
             return result
         vision_config = model.config.vision_config
         grid = vision_config.image_size // vision_config.patch_size
-        pixels, colours, shapes = make_batch(
+        pixels, colours, shapes, boxes = (tensor.to(model.device) for tensor in make_batch(
             self.aux_rng, self.processing_class.image_processor, self.aux_batch_size, grid, self.scene_kwargs
+        ))  # fmt: skip
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+        colour_logits, shape_logits, box_predictions, digit_logits = model.dense_auxiliary_heads(
+            hidden[model.config.vision_feature_layer][:, 1:]  # CLS dropped
         )
-        hidden = model.model.vision_tower(pixels.to(model.device), output_hidden_states=True).hidden_states
-        logits = model.dense_auxiliary_heads(hidden[model.config.vision_feature_layer][:, 1:])  # CLS dropped
-        aux = dense_patch_loss(*logits, colours.to(model.device), shapes.to(model.device), self.aux_object_weight)
+        aux = dense_patch_loss(colour_logits, shape_logits, colours, shapes, self.aux_object_weight, box_predictions,
+                               boxes, self.aux_box_weight, digit_logits if self.aux_box_digits else None)  # fmt: skip
         self.aux_history.append(aux.item())
         if return_outputs:
             return result[0] + self.aux_weight * aux, result[1]
@@ -92,10 +97,11 @@ class DenseAuxiliaryTrainer(SFTTrainer):
 
 class ReferringCurveCallback(TrainerCallback):
     """Every `every` steps, greedy referring accuracy on `num_scenes` fresh scenes per region type (seed 4242, not the
-    table's), added to the log history: the learning curves of the README."""
+    table's), and with `rec` REC Acc@0.5 and mean IoU on as many scenes, added to the log history: the learning curves
+    of the README."""
 
-    def __init__(self, every: int, num_scenes: int, scene_kwargs: dict):
-        self.every, self.num_scenes, self.scene_kwargs = every, num_scenes, scene_kwargs
+    def __init__(self, every: int, num_scenes: int, scene_kwargs: dict, rec: bool = False):
+        self.every, self.num_scenes, self.scene_kwargs, self.rec = every, num_scenes, scene_kwargs, rec
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if state.global_step % self.every and state.global_step != state.max_steps:
@@ -103,6 +109,8 @@ class ReferringCurveCallback(TrainerCallback):
         model.eval()
         with torch.no_grad():
             results = evaluate_referring(model, processing_class, self.num_scenes, seed=4242, scene_kwargs=self.scene_kwargs)
+            if self.rec:
+                results.update(evaluate_rec(model, processing_class, self.num_scenes, seed=4242, scene_kwargs=self.scene_kwargs))
         model.train()
         state.log_history.append({"step": state.global_step, **{f"curve_{key}": value for key, value in results.items()}})
         print(json.dumps(state.log_history[-1]), flush=True)
@@ -125,6 +133,10 @@ def main(argv=None):
     parser.add_argument("--aux-batch-size", type=int, default=16)
     parser.add_argument("--aux-object-weight", type=float, default=0.0,
                         help="extra dense loss averaged over object patches only (pretrain_vision.dense_patch_loss)")
+    parser.add_argument("--aux-box-weight", type=float, default=0.0,
+                        help="dense per-patch object-box term, L1 + digit cross-entropy (pretrain_vision.dense_patch_loss)")
+    parser.add_argument("--aux-box-digits", action=argparse.BooleanOptionalAction, default=True,
+                        help="the box term includes the digit cross-entropy (--no-aux-box-digits: L1 only)")
     parser.add_argument("--init-from", help="continue from this checkpoint (model + processor) instead of a new model")
     parser.add_argument("--any-resolution", action="store_true",
                         help="with --init-from: turn the v1 checkpoint into a Ferret-v2 (recipe.to_any_resolution)")  # fmt: skip
@@ -133,6 +145,7 @@ def main(argv=None):
     parser.add_argument("--sampler-init", help="stage 0b: a region-sampler state dict (probe_regions.py --save-sampler)")
     parser.add_argument("--eval-every", type=int, default=0, help="referring accuracy every N steps (0 = off)")
     parser.add_argument("--eval-scenes", type=int, default=48)
+    parser.add_argument("--eval-rec", action="store_true", help="with --eval-every: REC accuracy curves too")
     parser.add_argument("--task-weights", help="e.g. roc_open=6,roc_choice=2,same_bbox=1 (default: recipe.TASK_WEIGHTS)")
     parser.add_argument("--coordinates-only", action="store_true",
                         help="ablation: the region token is a plain embedding, no region features")  # fmt: skip
@@ -178,10 +191,12 @@ def main(argv=None):
         model=model, args=config, train_dataset=dataset, processing_class=processor,
         data_collator=collator_class(processor, seed=args.seed), aux_weight=args.aux_weight,
         aux_batch_size=args.aux_batch_size, aux_seed=args.seed, aux_object_weight=args.aux_object_weight,
-        scene_kwargs=scene_kwargs(args.object_size),
+        aux_box_weight=args.aux_box_weight, aux_box_digits=args.aux_box_digits, scene_kwargs=scene_kwargs(args.object_size),
     )  # fmt: skip
     if args.eval_every:
-        trainer.add_callback(ReferringCurveCallback(args.eval_every, args.eval_scenes, scene_kwargs(args.object_size)))
+        trainer.add_callback(ReferringCurveCallback(
+            args.eval_every, args.eval_scenes, scene_kwargs(args.object_size), args.eval_rec
+        ))
     trainer.train()
     if args.aux_weight:
         del model.dense_auxiliary_heads
@@ -193,7 +208,9 @@ def main(argv=None):
                "vision": args.vision, "aux_weight": args.aux_weight, "coordinates_only": args.coordinates_only,
                "turns_per_image": args.turns_per_image, "init_from": args.init_from, "task_weights": task_weights,
                "any_resolution": args.any_resolution, "object_size": args.object_size,
-               "aux_object_weight": args.aux_object_weight, "sampler_init": args.sampler_init, "log": log}  # fmt: skip
+               "aux_object_weight": args.aux_object_weight, "aux_box_weight": args.aux_box_weight,
+               "aux_box_digits": args.aux_box_digits,
+               "sampler_init": args.sampler_init, "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))
     return summary

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "shapes"))
@@ -143,6 +144,55 @@ def test_report_takes_runs_missing_here_from_the_previous_report_and_reads_prese
     assert load_run(present, "L. old", previous) == {"folder": "roc_q", "train": {"steps": 2000}, "eval": {"roc_box": 0.9}}
     with pytest.raises(FileNotFoundError):
         load_run(tmp_path / "nowhere", "not in the previous report", previous)
+
+
+def test_rec_pointer_targets_link_each_box_digit_prediction_to_the_global_patches_inside_the_answer_box():
+    from rec_pointer import box_patch_mask, pointer_targets
+
+    tokenizer = AutoProcessor.from_pretrained(SHIPPED).tokenizer
+    image_id = json.loads((SHIPPED / "config.json").read_text())["image_token_index"]
+    question = tokenizer("Where is the red star? ASSISTANT:", add_special_tokens=False)["input_ids"]
+    box_answer = tokenizer("The red star [100, 0, 400, 300].", add_special_tokens=False)["input_ids"]
+    plain_answer = tokenizer(" a red star", add_special_tokens=False)["input_ids"]
+    assert image_id not in question + box_answer + plain_answer
+    ids = [1] + [image_id] * 49 + question + box_answer + question + plain_answer
+    box_start = 50 + len(question)
+    plain_start = box_start + len(box_answer) + len(question)
+    labels = [-100] * len(ids)
+    labels[box_start: box_start + len(box_answer)] = box_answer
+    labels[plain_start:] = plain_answer
+    input_ids, label_ids = torch.tensor([ids, ids]), torch.tensor([labels, labels])
+    input_ids[1, 40:50] = 0  # the second sample has only 39 image tokens: no global view to point into
+
+    targets = pointer_targets(input_ids, label_ids, tokenizer, image_id, grid=7)
+
+    # patch centres on the 0..999 grid are 71, 214, 357, 500, ...: x in [100, 400] -> columns 1, 2; y in [0, 300] -> rows 0, 1
+    expected_patches = [1, 2, 8, 9]
+    assert box_patch_mask((100, 0, 400, 300), 7).nonzero().flatten().tolist() == expected_patches
+    digit_positions = [box_start + i for i, token in enumerate(box_answer) if tokenizer.decode([token]).strip().isdigit()]
+    assert len(digit_positions) == len("1000400300")
+    queries = targets[0].any(-1).nonzero().flatten().tolist()
+    assert queries == [position - 1 for position in digit_positions]  # the positions that predict each digit
+    for query in queries:
+        assert targets[0, query].nonzero().flatten().tolist() == [1 + patch for patch in expected_patches]
+    assert not targets[1].any()
+
+
+def test_rec_pointer_box_smaller_than_a_patch_points_at_the_patch_under_its_centre():
+    from rec_pointer import box_patch_mask
+
+    assert box_patch_mask((150, 440, 180, 470), 7).nonzero().flatten().tolist() == [3 * 7 + 1]  # row 455/143, col 165/143
+
+
+def test_rec_pointer_loss_is_minus_log_the_attention_mass_on_the_target_patches():
+    from rec_pointer import pointer_loss
+
+    attention = torch.full((1, 3, 10), 0.1)
+    targets = torch.zeros(1, 3, 10, dtype=torch.bool)
+    targets[0, 1, [2, 5]] = True  # query 1: mass 0.2 on its targets
+    targets[0, 2, 0] = True  # query 2: mass 0.1
+    assert pointer_loss(attention, targets).item() == pytest.approx(-(math.log(0.2) + math.log(0.1)) / 2)
+    assert pointer_loss(attention, torch.zeros_like(targets)).item() == 0.0
 
 
 def test_region_probe_masks_are_the_object_its_box_and_an_11px_window_at_the_pixel_nearest_its_centroid():

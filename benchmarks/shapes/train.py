@@ -22,6 +22,7 @@ from trl import SFTConfig, SFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_vision import DensePatchHeads, dense_patch_loss, make_batch  # noqa: E402
+from rec_pointer import digit_token_ids, pointer_loss, pointer_targets  # noqa: E402
 from evaluate import evaluate_referring, evaluate_rec  # noqa: E402
 from recipe import build_model, build_processor, sample_stream, scene_kwargs, to_any_resolution, train_tokenizer  # noqa: E402
 
@@ -60,8 +61,16 @@ class DenseAuxiliaryTrainer(SFTTrainer):
     """
 
     def __init__(self, *args, aux_weight: float, aux_batch_size: int, aux_seed: int, aux_object_weight: float = 0.0,
-                 aux_box_weight: float = 0.0, aux_box_digits: bool = True, scene_kwargs: dict | None = None, **kwargs):
+                 aux_box_weight: float = 0.0, aux_box_digits: bool = True, scene_kwargs: dict | None = None,
+                 pointer_weight: float = 0.0, pointer_layer: int = 1, pointer_head: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.pointer_weight, self.pointer_layer, self.pointer_head = pointer_weight, pointer_layer, pointer_head
+        self.pointer_history = []  # REC pointer losses since the last log (rec_pointer.py)
+        if pointer_weight:  # the pointer head's attention probabilities, caught as its layer computes them
+            self.digit_ids = digit_token_ids(self.processing_class.tokenizer)
+            self.pointer_attention = None
+            attention = self.model.model.language_model.layers[pointer_layer].self_attn
+            attention.register_forward_hook(self.catch_pointer_attention)
         self.aux_weight, self.aux_batch_size, self.aux_object_weight = aux_weight, aux_batch_size, aux_object_weight
         self.aux_box_weight, self.aux_box_digits = aux_box_weight, aux_box_digits
         self.scene_kwargs = scene_kwargs
@@ -69,7 +78,10 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         self.aux_history = []  # dense losses since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.pointer_weight and model.training:
+            result = self.add_pointer_loss(model, inputs, return_outputs, num_items_in_batch)
+        else:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not model.training or self.aux_weight == 0:
             return result
         vision_config = model.config.vision_config
@@ -88,10 +100,31 @@ class DenseAuxiliaryTrainer(SFTTrainer):
             return result[0] + self.aux_weight * aux, result[1]
         return result + self.aux_weight * aux
 
+    def catch_pointer_attention(self, module, args, output):
+        """Forward hook on the pointer layer's attention: keeps its probabilities `[batch, heads, seq, seq]` (eager
+        attention returns them with their graph; the `output_attentions` copies of TRL's forward come detached)."""
+        self.pointer_attention = output[1]
+
+    def add_pointer_loss(self, model, inputs, return_outputs, num_items_in_batch):
+        """The answer loss plus `pointer_weight` times the REC pointer loss of one attention head (rec_pointer.py)."""
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        targets = pointer_targets(inputs["input_ids"], inputs["labels"], self.processing_class.tokenizer,
+                                  model.config.image_token_id, grid, self.digit_ids)  # fmt: skip
+        pointer = pointer_loss(self.pointer_attention[:, self.pointer_head], targets)
+        self.pointer_attention = None
+        self.pointer_history.append(pointer.item())
+        if return_outputs:
+            return result[0] + self.pointer_weight * pointer, result[1]
+        return result + self.pointer_weight * pointer
+
     def log(self, logs, *args, **kwargs):
         if self.aux_history and "loss" in logs:
             logs["aux_loss"] = round(sum(self.aux_history) / len(self.aux_history), 4)
             self.aux_history.clear()
+        if self.pointer_history and "loss" in logs:
+            logs["pointer_loss"] = round(sum(self.pointer_history) / len(self.pointer_history), 4)
+            self.pointer_history.clear()
         super().log(logs, *args, **kwargs)
 
 
@@ -137,6 +170,10 @@ def main(argv=None):
                         help="dense per-patch object-box term, L1 + digit cross-entropy (pretrain_vision.dense_patch_loss)")
     parser.add_argument("--aux-box-digits", action=argparse.BooleanOptionalAction, default=True,
                         help="the box term includes the digit cross-entropy (--no-aux-box-digits: L1 only)")
+    parser.add_argument("--rec-pointer-weight", type=float, default=0.0,
+                        help="REC pointer loss: one attention head must look at the answer box's patches (rec_pointer.py)")
+    parser.add_argument("--rec-pointer-layer", type=int, default=1, help="language-model layer of the pointer head")
+    parser.add_argument("--rec-pointer-head", type=int, default=0, help="attention head of the pointer")
     parser.add_argument("--init-from", help="continue from this checkpoint (model + processor) instead of a new model")
     parser.add_argument("--any-resolution", action="store_true",
                         help="with --init-from: turn the v1 checkpoint into a Ferret-v2 (recipe.to_any_resolution)")  # fmt: skip
@@ -169,6 +206,9 @@ def main(argv=None):
         model.config.region_token_index = tokenizer.convert_tokens_to_ids("<unused_region>")
     if args.aux_weight:
         model.dense_auxiliary_heads = DensePatchHeads(model.config.vision_config.hidden_size)
+    if args.rec_pointer_weight:  # attention probabilities are needed: the eager kernel returns them, SDPA does not
+        attention_implementation = model.config.text_config._attn_implementation
+        model.set_attn_implementation("eager")
     scene_overrides = {"object_size": tuple(args.object_size)} if args.object_size else {}
     task_weights = None
     if args.task_weights:
@@ -192,6 +232,7 @@ def main(argv=None):
         data_collator=collator_class(processor, seed=args.seed), aux_weight=args.aux_weight,
         aux_batch_size=args.aux_batch_size, aux_seed=args.seed, aux_object_weight=args.aux_object_weight,
         aux_box_weight=args.aux_box_weight, aux_box_digits=args.aux_box_digits, scene_kwargs=scene_kwargs(args.object_size),
+        pointer_weight=args.rec_pointer_weight, pointer_layer=args.rec_pointer_layer, pointer_head=args.rec_pointer_head,
     )  # fmt: skip
     if args.eval_every:
         trainer.add_callback(ReferringCurveCallback(
@@ -200,6 +241,8 @@ def main(argv=None):
     trainer.train()
     if args.aux_weight:
         del model.dense_auxiliary_heads
+    if args.rec_pointer_weight:
+        model.set_attn_implementation(attention_implementation)
     output = Path(args.output_dir)
     model.save_pretrained(output)
     processor.save_pretrained(output)
@@ -209,7 +252,8 @@ def main(argv=None):
                "turns_per_image": args.turns_per_image, "init_from": args.init_from, "task_weights": task_weights,
                "any_resolution": args.any_resolution, "object_size": args.object_size,
                "aux_object_weight": args.aux_object_weight, "aux_box_weight": args.aux_box_weight,
-               "aux_box_digits": args.aux_box_digits,
+               "aux_box_digits": args.aux_box_digits, "rec_pointer_weight": args.rec_pointer_weight,
+               "rec_pointer_layer": args.rec_pointer_layer, "rec_pointer_head": args.rec_pointer_head,
                "sampler_init": args.sampler_init, "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))

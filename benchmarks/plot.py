@@ -32,8 +32,11 @@ def _label(value: float) -> str:
 
 
 def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: dict[str, tuple[list, list]],
-               title: str, xlabel: str, ylabel: str, log2_x: bool = False) -> None:  # fmt: skip
-    """Draws `series` (`name -> (xs, ys)`) as lines with markers in the pixel `box` (left, top, right, bottom)."""
+               title: str, xlabel: str, ylabel: str, log2_x: bool = False, y_max: float | None = None,
+               colour_order: list[str] | None = None) -> None:  # fmt: skip
+    """Draws `series` (`name -> (xs, ys)`) as lines with markers in the pixel `box` (left, top, right, bottom).
+    `y_max` fixes the top of the y axis (default: the data's maximum); `colour_order` gives each name its colour by
+    its position in that list (default: the order of `series`), so one run keeps its colour across panels."""
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
                (227, 119, 194), (127, 127, 127)]
     left, top, right, bottom = box
@@ -49,7 +52,7 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
     x_low, x_high = to_x(min(xs_all)), to_x(max(xs_all))
     if x_high == x_low:
         x_high = x_low + 1
-    y_ticks = _nice_ticks(0.0, max(ys_all) * 1.05)
+    y_ticks = _nice_ticks(0.0, y_max if y_max is not None else max(ys_all) * 1.05)
     y_low, y_high = y_ticks[0], y_ticks[-1]
 
     def px(x, y):
@@ -74,8 +77,9 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
     ImageDraw.Draw(label_image).text((label_image.width // 2, 8), ylabel, fill="black", font=small, anchor="mm")
     rotated = label_image.rotate(90, expand=True)
     draw._image.paste(rotated, (left + 4, plot_top), rotated)
+    order = colour_order or list(series)
     for index, (name, (xs, ys)) in enumerate(series.items()):
-        colour = colours[index % len(colours)]
+        colour = colours[order.index(name) % len(colours)]
         points = [px(x, y) for x, y in zip(xs, ys) if y is not None]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)

@@ -131,7 +131,7 @@ def test_report_puts_each_continuation_after_its_parent_on_the_step_axis():
     assert step_offsets(runs) == {"G": 0, "K": 1500, "L": 1750, "J": 1500}
 
 
-def test_report_takes_runs_missing_here_from_the_previous_report_and_reads_present_ones_from_their_folder(tmp_path):
+def test_report_takes_runs_missing_here_from_the_previous_report_by_folder_or_name_and_reads_present_ones(tmp_path):
     from report import load_run
 
     previous = {"L. old": {"folder": "elsewhere", "train": {"steps": 300}, "eval": {"roc_box": 0.77}}}
@@ -142,6 +142,8 @@ def test_report_takes_runs_missing_here_from_the_previous_report_and_reads_prese
     (present / "train_log.json").write_text(json.dumps({"steps": 2000}))
     (present / "eval.json").write_text(json.dumps({"roc_box": 0.9}))
     assert load_run(present, "L. old", previous) == {"folder": "roc_q", "train": {"steps": 2000}, "eval": {"roc_box": 0.9}}
+    relabelled = load_run(tmp_path / "elsewhere", "L. new label", previous)  # matched by folder
+    assert relabelled["eval"] == {"roc_box": 0.77}
     with pytest.raises(FileNotFoundError):
         load_run(tmp_path / "nowhere", "not in the previous report", previous)
 

@@ -5,7 +5,8 @@
 
 Each run folder holds `train_log.json` (written by `train.py`) and `eval.json` (written by `evaluate.py --json`).
 `--previous benchmarks/shapes/results.json` takes the records of runs whose folder is not on this machine (run folders
-are not committed) from an earlier report's JSON, by run name, so a new report can keep earlier rows and curves.
+are not committed) from an earlier report's JSON, by folder name (or by run name), so a new report can keep earlier
+rows and curves, relabelled.
 Writes `<output>.md` (the table, pasted into README.md), `<output>.json` (every number) and `<output>.png` (training
 loss per logging step of every run, and the dense auxiliary loss).
 """
@@ -37,10 +38,12 @@ COLUMNS = (
 
 
 def load_run(folder: Path, name: str = "", previous: dict | None = None) -> dict:
-    """A run's record: its folder name, `train_log.json` and `eval.json`; when the folder is not here, the record
-    named `name` in `previous` (an earlier report's JSON)."""
-    if not (folder / "train_log.json").exists() and previous and name in previous:
-        return {**previous[name], "folder": folder.name}
+    """A run's record: its folder name, `train_log.json` and `eval.json`; when the folder is not here, the record of
+    `previous` (an earlier report's JSON) with the same folder name, or else with the same run name."""
+    if not (folder / "train_log.json").exists() and previous:
+        same_folder = [record for record in previous.values() if record.get("folder") == folder.name]
+        if same_folder or name in previous:
+            return {**(same_folder[0] if same_folder else previous[name]), "folder": folder.name}
     train = json.loads((folder / "train_log.json").read_text())
     evaluation = json.loads((folder / "eval.json").read_text())
     return {"folder": folder.name, "train": train, "eval": evaluation}
@@ -97,11 +100,16 @@ def curves_png(path: Path, runs: dict[str, dict], every: int = 100) -> None:
     height = 840 if any(curves) else 420
     image = Image.new("RGB", (1200, height), "white")
     draw = ImageDraw.Draw(image)
-    line_panel(draw, (0, 0, 600, 420), series("loss"), "training loss (answer tokens + dense loss)", "step", "loss")
-    line_panel(draw, (600, 0, 1200, 420), series("aux_loss"), "dense per-patch loss (aux batch)", "step", "loss")
+    names = list(runs)
+    line_panel(draw, (0, 0, 600, 420), series("loss"), "training loss (answer tokens + dense loss)", "step", "loss",
+               colour_order=names)  # fmt: skip
+    line_panel(draw, (600, 0, 1200, 420), series("aux_loss"), "dense per-patch loss (aux batch)", "step", "loss",
+               colour_order=names)  # fmt: skip
     if any(curves):
-        line_panel(draw, (0, 420, 600, 840), curves[0], "ROC exact, box region (fresh scenes)", "step", "accuracy")
-        line_panel(draw, (600, 420, 1200, 840), curves[1], "REC Acc@0.5 (fresh scenes)", "step", "accuracy")
+        line_panel(draw, (0, 420, 600, 840), curves[0], "ROC exact, box region (fresh scenes)", "step", "accuracy",
+                   y_max=1.0, colour_order=names)  # fmt: skip
+        line_panel(draw, (600, 420, 1200, 840), curves[1], "REC Acc@0.5 (fresh scenes)", "step", "accuracy",
+                   y_max=1.0, colour_order=names)  # fmt: skip
     image.save(path)
 
 

@@ -37,6 +37,21 @@ def test_smoke_training_loss_falls_and_the_evaluation_runs(tmp_path):
     assert set(metrics) == {*roc, "roc_binary_choice", "same_bbox_colour_free-form", "same_bbox_colour_box-of-pair",
                             "rec_acc@0.5", "rec_parse_failure_rate", "rec_mean_iou"}  # fmt: skip
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
+    held_out = summary["dense_held_out"]  # the dense heads' held-out accuracy, measured before they are removed
+    assert set(held_out) == {"object_patch_colour_acc", "object_patch_shape_acc", "object_patch_box_l1",
+                             "object_patch_box_hundreds_acc"}  # fmt: skip
+    assert held_out["object_patch_colour_acc"] > 1 / 8  # the tower learned colour in 40 steps
+
+
+def test_rec_pointer_loss_falls_when_training_with_it(tmp_path):
+    import train
+
+    summary = train.main(["--init-from", str(SHIPPED), "--output-dir", str(tmp_path), "--max-steps", "12",
+                          "--batch-size", "4", "--turns-per-image", "2", "--logging-steps", "4", "--threads", "1",
+                          "--workers", "0", "--learning-rate", "1e-3", "--aux-batch-size", "4",
+                          "--rec-pointer-weight", "1", "--task-weights", "rec=1"])  # fmt: skip
+    pointer = [entry["pointer_loss"] for entry in summary["log"]]
+    assert len(pointer) == 3 and pointer[-1] < pointer[0], pointer  # the head learns to look at the boxes' patches
 
 
 def test_shipped_checkpoint_scores_its_table_row_on_fresh_scenes():

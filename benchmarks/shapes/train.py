@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_vision import DensePatchHeads, dense_patch_loss, make_batch  # noqa: E402
+from pretrain_vision import DensePatchHeads, dense_patch_loss, held_out_accuracy, make_batch  # noqa: E402
 from rec_pointer import digit_token_ids, pointer_loss, pointer_targets  # noqa: E402
 from evaluate import evaluate_referring, evaluate_rec  # noqa: E402
 from recipe import build_model, build_processor, sample_stream, scene_kwargs, to_any_resolution, train_tokenizer  # noqa: E402
@@ -126,6 +126,17 @@ class DenseAuxiliaryTrainer(SFTTrainer):
             logs["pointer_loss"] = round(sum(self.pointer_history) / len(self.pointer_history), 4)
             self.pointer_history.clear()
         super().log(logs, *args, **kwargs)
+
+
+class TowerWithDenseHeads(torch.nn.Module):
+    """The trained global vision tower and the dense heads on the layer Ferret reads, as `held_out_accuracy` wants."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.tower, self.heads, self.layer = model.model.vision_tower, model.dense_auxiliary_heads, model.config.vision_feature_layer
+
+    def forward(self, pixel_values):
+        return self.heads(self.tower(pixel_values, output_hidden_states=True).hidden_states[self.layer][:, 1:])
 
 
 class ReferringCurveCallback(TrainerCallback):
@@ -239,7 +250,11 @@ def main(argv=None):
             args.eval_every, args.eval_scenes, scene_kwargs(args.object_size), args.eval_rec
         ))
     trainer.train()
-    if args.aux_weight:
+    dense_held_out = None
+    if args.aux_weight:  # what the features say per object patch at the end (colour, shape, box, box digits)
+        grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        dense_held_out = held_out_accuracy(TowerWithDenseHeads(model), processor.image_processor, grid,
+                                           scene_kwargs(args.object_size), num_scenes=128)  # fmt: skip
         del model.dense_auxiliary_heads
     if args.rec_pointer_weight:
         model.set_attn_implementation(attention_implementation)
@@ -254,7 +269,7 @@ def main(argv=None):
                "aux_object_weight": args.aux_object_weight, "aux_box_weight": args.aux_box_weight,
                "aux_box_digits": args.aux_box_digits, "rec_pointer_weight": args.rec_pointer_weight,
                "rec_pointer_layer": args.rec_pointer_layer, "rec_pointer_head": args.rec_pointer_head,
-               "sampler_init": args.sampler_init, "log": log}  # fmt: skip
+               "sampler_init": args.sampler_init, "dense_held_out": dense_held_out, "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))
     return summary

@@ -49,9 +49,12 @@ def test_rec_pointer_loss_falls_when_training_with_it(tmp_path):
     summary = train.main(["--init-from", str(SHIPPED), "--output-dir", str(tmp_path), "--max-steps", "12",
                           "--batch-size", "4", "--turns-per-image", "2", "--logging-steps", "4", "--threads", "1",
                           "--workers", "0", "--learning-rate", "1e-3", "--aux-batch-size", "4",
-                          "--rec-pointer-weight", "1", "--task-weights", "rec=1"])  # fmt: skip
+                          "--rec-pointer-weight", "1", "--rec-readout-weight", "1", "--task-weights", "rec=1"])  # fmt: skip
     pointer = [entry["pointer_loss"] for entry in summary["log"]]
     assert len(pointer) == 3 and pointer[-1] < pointer[0], pointer  # the head learns to look at the boxes' patches
+    readout = [entry["readout_loss"] for entry in summary["log"]]
+    assert len(readout) == 3 and readout[-1] < readout[0], readout  # and its output learns the boxes' digits
+    assert not hasattr(AutoModelForImageTextToText.from_pretrained(tmp_path), "rec_readout_head")  # training-only
 
 
 def test_shipped_checkpoint_scores_its_table_row_on_fresh_scenes():
@@ -181,7 +184,7 @@ def test_rec_pointer_targets_link_each_box_digit_prediction_to_the_global_patche
     input_ids, label_ids = torch.tensor([ids, ids]), torch.tensor([labels, labels])
     input_ids[1, 40:50] = 0  # the second sample has only 39 image tokens: no global view to point into
 
-    targets = pointer_targets(input_ids, label_ids, tokenizer, image_id, grid=7)
+    targets, query_boxes = pointer_targets(input_ids, label_ids, tokenizer, image_id, grid=7)
 
     # patch centres on the 0..999 grid are 71, 214, 357, 500, ...: x in [100, 400] -> columns 1, 2; y in [0, 300] -> rows 0, 1
     expected_patches = [1, 2, 8, 9]
@@ -193,6 +196,22 @@ def test_rec_pointer_targets_link_each_box_digit_prediction_to_the_global_patche
     for query in queries:
         assert targets[0, query].nonzero().flatten().tolist() == [1 + patch for patch in expected_patches]
     assert not targets[1].any()
+    assert (query_boxes[0, queries] == torch.tensor([100, 0, 400, 300])).all()
+    assert (query_boxes[0].clamp(max=0).sum(-1) == -4).sum() == len(ids) - len(queries) and (query_boxes[1] == -1).all()
+
+
+def test_rec_readout_loss_is_the_cross_entropy_of_the_box_hundreds_and_tens_digits_at_the_query_positions():
+    from rec_pointer import readout_loss
+
+    readout = torch.nn.Linear(2, 80, bias=True)
+    with torch.no_grad():  # logits independent of the input: log-probabilities 0 for one digit class, -inf-ish else
+        readout.weight.zero_()
+        readout.bias.copy_(torch.full((4, 2, 10), -30.0).index_fill(-1, torch.tensor([1]), 0.0).flatten())
+    query_boxes = torch.full((1, 3, 4), -1)
+    query_boxes[0, 1] = torch.tensor([110, 115, 190, 199])  # every hundreds digit 1; tens 1, 1, 9, 9
+    loss = readout_loss(torch.zeros(1, 3, 2), query_boxes, readout)
+    assert loss.item() == pytest.approx(30.0 * 2 / 8, rel=1e-4)  # 2 of the 8 digits (the tens 9s) are wrong by 30 nats
+    assert readout_loss(torch.zeros(1, 3, 2), torch.full((1, 3, 4), -1), readout).item() == 0.0
 
 
 def test_rec_pointer_box_smaller_than_a_patch_points_at_the_patch_under_its_centre():

@@ -7,7 +7,8 @@ position that predicts a digit of a single-box answer ("The blue star [123, 456,
 attention over the global view's image tokens should fall on the patches whose centres lie inside that box: the loss is
 `-log(attention mass on those patches)`, averaged over such positions. The answer's own box is the target, so the loss
 needs nothing but the tokenized conversation; the dense loss's box term (`--aux-box-weight`) meanwhile makes each
-object patch's features carry its box's digits, which the pointed-at head can then copy.
+object patch's features carry its box's digits, which the pointed-at head can then copy. `readout_loss` optionally
+supervises that copy: a linear read-out of the head's output must give the box's digits.
 
 The global view is the whole image stretched to the tower's square input (`FerretImageProcessor`), so patch `(row,
 col)` of its `grid x grid` tokens has its centre at `((col + 0.5) / grid, (row + 0.5) / grid)` of the image, i.e. at
@@ -49,15 +50,17 @@ def answer_runs(labels: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def pointer_targets(input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, image_token_id: int, grid: int,
-                    digit_ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                    digit_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """
-    `[batch, seq, seq]` bool: for each query position that predicts a digit of a single-box answer, the key positions
-    of the global-view image tokens whose patch centres lie inside that box. Answers with no box or several boxes,
-    and samples with fewer than `grid * grid` image tokens, get no targets.
+    For each query position that predicts a digit of a single-box answer: `[batch, seq, seq]` bool, the key positions
+    of the global-view image tokens whose patch centres lie inside that box; and `[batch, seq, 4]` long, that box
+    (x1, y1, x2, y2 on the 0..999 grid; -1 at every other position). Answers with no box or several boxes, and
+    samples with fewer than `grid * grid` image tokens, get no targets.
     """
     digit_ids = digit_token_ids(tokenizer) if digit_ids is None else digit_ids
     batch, length = input_ids.shape
     targets = torch.zeros(batch, length, length, dtype=torch.bool)
+    query_boxes = torch.full((batch, length, 4), -1, dtype=torch.long)
     ids, labels = input_ids.cpu(), labels.cpu()
     for b in range(batch):  # a handful of answers per sample; the tensors below are per answer
         image_positions = (ids[b] == image_token_id).nonzero().flatten()[: grid * grid]
@@ -67,10 +70,12 @@ def pointer_targets(input_ids: torch.Tensor, labels: torch.Tensor, tokenizer, im
             boxes = BOX_PATTERN.findall(tokenizer.decode(ids[b, start:end]))
             if len(boxes) != 1:
                 continue
-            keys = image_positions[box_patch_mask(tuple(int(value) for value in boxes[0]), grid)]
+            box = tuple(int(value) for value in boxes[0])
+            keys = image_positions[box_patch_mask(box, grid)]
             queries = start - 1 + torch.isin(ids[b, start:end], digit_ids).nonzero().flatten()
             targets[b, queries[:, None], keys[None, :]] = True
-    return targets
+            query_boxes[b, queries] = torch.tensor(box)
+    return targets, query_boxes
 
 
 def pointer_loss(attention: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -83,3 +88,19 @@ def pointer_loss(attention: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
         return attention.sum() * 0.0
     mass = (attention.float() * targets.to(attention.device)).sum(-1)[queries.to(attention.device)]
     return -mass.clamp_min(1e-6).log().mean()
+
+
+def readout_loss(head_output: torch.Tensor, query_boxes: torch.Tensor, readout: torch.nn.Linear) -> torch.Tensor:
+    """
+    Supervises what the pointer head brings back: `head_output` `[batch, seq, head_dim]` (the head's attention output
+    before the output projection), read by `readout` (`head_dim -> 4 * 2 * 10`) at the query positions of
+    `query_boxes` (`pointer_targets`), must give the hundreds and the tens digit of each box coordinate: the mean
+    cross-entropy of those 8 digits. 0 (with a graph) where no position has a box.
+    """
+    queries = query_boxes[..., 0] >= 0
+    if not queries.any():
+        return head_output.sum() * 0.0
+    boxes = query_boxes.to(head_output.device)[queries.to(head_output.device)]  # [queries, 4]
+    digits = torch.stack([boxes // 100, boxes // 10 % 10], dim=-1)  # [queries, 4, 2]
+    logits = readout(head_output[queries.to(head_output.device)].float()).unflatten(-1, (4, 2, 10))
+    return torch.nn.functional.cross_entropy(logits.flatten(0, -2), digits.flatten())

@@ -22,7 +22,7 @@ from trl import SFTConfig, SFTTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_vision import DensePatchHeads, dense_patch_loss, held_out_accuracy, make_batch  # noqa: E402
-from rec_pointer import digit_token_ids, pointer_loss, pointer_targets  # noqa: E402
+from rec_pointer import digit_token_ids, pointer_loss, pointer_targets, readout_loss  # noqa: E402
 from evaluate import evaluate_referring, evaluate_rec  # noqa: E402
 from recipe import build_model, build_processor, sample_stream, scene_kwargs, to_any_resolution, train_tokenizer  # noqa: E402
 
@@ -62,15 +62,18 @@ class DenseAuxiliaryTrainer(SFTTrainer):
 
     def __init__(self, *args, aux_weight: float, aux_batch_size: int, aux_seed: int, aux_object_weight: float = 0.0,
                  aux_box_weight: float = 0.0, aux_box_digits: bool = True, scene_kwargs: dict | None = None,
-                 pointer_weight: float = 0.0, pointer_layer: int = 1, pointer_head: int = 0, **kwargs):
+                 pointer_weight: float = 0.0, pointer_layer: int = 1, pointer_head: int = 0,
+                 readout_weight: float = 0.0, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.pointer_weight, self.pointer_layer, self.pointer_head = pointer_weight, pointer_layer, pointer_head
-        self.pointer_history = []  # REC pointer losses since the last log (rec_pointer.py)
-        if pointer_weight:  # the pointer head's attention probabilities, caught as its layer computes them
+        self.readout_weight = readout_weight
+        self.pointer_history, self.readout_history = [], []  # REC pointer / read-out losses since the last log
+        if pointer_weight:  # the pointer head's attention probabilities (and output), caught as its layer computes them
             self.digit_ids = digit_token_ids(self.processing_class.tokenizer)
-            self.pointer_attention = None
+            self.pointer_attention = self.pointer_output = None
             attention = self.model.model.language_model.layers[pointer_layer].self_attn
             attention.register_forward_hook(self.catch_pointer_attention)
+            attention.o_proj.register_forward_pre_hook(self.catch_pointer_output)
         self.aux_weight, self.aux_batch_size, self.aux_object_weight = aux_weight, aux_batch_size, aux_object_weight
         self.aux_box_weight, self.aux_box_digits = aux_box_weight, aux_box_digits
         self.scene_kwargs = scene_kwargs
@@ -105,26 +108,38 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         attention returns them with their graph; the `output_attentions` copies of TRL's forward come detached)."""
         self.pointer_attention = output[1]
 
+    def catch_pointer_output(self, module, args):
+        """Forward pre-hook on the pointer layer's output projection: keeps the pointer head's slice of its input,
+        the head's attention output `[batch, seq, head_dim]`."""
+        head_dim = module.in_features // self.model.config.text_config.num_attention_heads
+        self.pointer_output = args[0][..., self.pointer_head * head_dim: (self.pointer_head + 1) * head_dim]
+
     def add_pointer_loss(self, model, inputs, return_outputs, num_items_in_batch):
-        """The answer loss plus `pointer_weight` times the REC pointer loss of one attention head (rec_pointer.py)."""
+        """The answer loss plus `pointer_weight` times the REC pointer loss of one attention head, plus
+        `readout_weight` times the read-out loss of that head's output (rec_pointer.py)."""
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
-        targets = pointer_targets(inputs["input_ids"], inputs["labels"], self.processing_class.tokenizer,
-                                  model.config.image_token_id, grid, self.digit_ids)  # fmt: skip
-        pointer = pointer_loss(self.pointer_attention[:, self.pointer_head], targets)
-        self.pointer_attention = None
-        self.pointer_history.append(pointer.item())
+        targets, query_boxes = pointer_targets(inputs["input_ids"], inputs["labels"], self.processing_class.tokenizer,
+                                               model.config.image_token_id, grid, self.digit_ids)  # fmt: skip
+        extra = self.pointer_weight * pointer_loss(self.pointer_attention[:, self.pointer_head], targets)
+        self.pointer_history.append(extra.item() / self.pointer_weight)
+        if self.readout_weight:
+            readout = readout_loss(self.pointer_output, query_boxes, model.rec_readout_head)
+            self.readout_history.append(readout.item())
+            extra = extra + self.readout_weight * readout
+        self.pointer_attention = self.pointer_output = None
         if return_outputs:
-            return result[0] + self.pointer_weight * pointer, result[1]
-        return result + self.pointer_weight * pointer
+            return result[0] + extra, result[1]
+        return result + extra
 
     def log(self, logs, *args, **kwargs):
         if self.aux_history and "loss" in logs:
             logs["aux_loss"] = round(sum(self.aux_history) / len(self.aux_history), 4)
             self.aux_history.clear()
-        if self.pointer_history and "loss" in logs:
-            logs["pointer_loss"] = round(sum(self.pointer_history) / len(self.pointer_history), 4)
-            self.pointer_history.clear()
+        for name, history in (("pointer_loss", self.pointer_history), ("readout_loss", self.readout_history)):
+            if history and "loss" in logs:
+                logs[name] = round(sum(history) / len(history), 4)
+                history.clear()
         super().log(logs, *args, **kwargs)
 
 
@@ -185,6 +200,8 @@ def main(argv=None):
                         help="REC pointer loss: one attention head must look at the answer box's patches (rec_pointer.py)")
     parser.add_argument("--rec-pointer-layer", type=int, default=1, help="language-model layer of the pointer head")
     parser.add_argument("--rec-pointer-head", type=int, default=0, help="attention head of the pointer")
+    parser.add_argument("--rec-readout-weight", type=float, default=0.0,
+                        help="with the pointer: a linear read-out of the pointer head's output must give the box digits")
     parser.add_argument("--init-from", help="continue from this checkpoint (model + processor) instead of a new model")
     parser.add_argument("--any-resolution", action="store_true",
                         help="with --init-from: turn the v1 checkpoint into a Ferret-v2 (recipe.to_any_resolution)")  # fmt: skip
@@ -220,6 +237,9 @@ def main(argv=None):
     if args.rec_pointer_weight:  # attention probabilities are needed: the eager kernel returns them, SDPA does not
         attention_implementation = model.config.text_config._attn_implementation
         model.set_attn_implementation("eager")
+        if args.rec_readout_weight:  # training-only, like the dense heads
+            text = model.config.text_config
+            model.rec_readout_head = torch.nn.Linear(text.hidden_size // text.num_attention_heads, 4 * 2 * 10)
     scene_overrides = {"object_size": tuple(args.object_size)} if args.object_size else {}
     task_weights = None
     if args.task_weights:
@@ -244,6 +264,7 @@ def main(argv=None):
         aux_batch_size=args.aux_batch_size, aux_seed=args.seed, aux_object_weight=args.aux_object_weight,
         aux_box_weight=args.aux_box_weight, aux_box_digits=args.aux_box_digits, scene_kwargs=scene_kwargs(args.object_size),
         pointer_weight=args.rec_pointer_weight, pointer_layer=args.rec_pointer_layer, pointer_head=args.rec_pointer_head,
+        readout_weight=args.rec_readout_weight,
     )  # fmt: skip
     if args.eval_every:
         trainer.add_callback(ReferringCurveCallback(
@@ -258,6 +279,8 @@ def main(argv=None):
         del model.dense_auxiliary_heads
     if args.rec_pointer_weight:
         model.set_attn_implementation(attention_implementation)
+    if args.rec_readout_weight:
+        del model.rec_readout_head
     output = Path(args.output_dir)
     model.save_pretrained(output)
     processor.save_pretrained(output)
@@ -269,6 +292,7 @@ def main(argv=None):
                "aux_object_weight": args.aux_object_weight, "aux_box_weight": args.aux_box_weight,
                "aux_box_digits": args.aux_box_digits, "rec_pointer_weight": args.rec_pointer_weight,
                "rec_pointer_layer": args.rec_pointer_layer, "rec_pointer_head": args.rec_pointer_head,
+               "rec_readout_weight": args.rec_readout_weight,
                "sampler_init": args.sampler_init, "dense_held_out": dense_held_out, "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))

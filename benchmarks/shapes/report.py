@@ -101,7 +101,7 @@ def curves_png(path: Path, runs: dict[str, dict], every: int = 100) -> None:
     image = Image.new("RGB", (1200, height), "white")
     draw = ImageDraw.Draw(image)
     names = list(runs)
-    line_panel(draw, (0, 0, 600, 420), series("loss"), "training loss (answer tokens + dense loss)", "step", "loss",
+    line_panel(draw, (0, 0, 600, 420), series("loss"), "training loss (answer tokens + auxiliary losses)", "step", "loss",
                colour_order=names)  # fmt: skip
     line_panel(draw, (600, 0, 1200, 420), series("aux_loss"), "dense per-patch loss (aux batch)", "step", "loss",
                colour_order=names)  # fmt: skip

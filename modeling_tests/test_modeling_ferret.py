@@ -48,6 +48,25 @@ def test_region_features_replace_region_token_embeddings_in_order(model):
     assert not torch.allclose(output.region_hidden_states[0], output.region_hidden_states[1])
 
 
+def test_outputs_carry_the_image_encoder_outputs_as_get_image_features_returns_them(model):
+    """transformers 5.25's multimodal outputs: `image_outputs` (per-image projected features + the tower's states)."""
+    inputs = batch_inputs([make_sample(1, seed=1), make_sample(2, seed=2)])
+    with torch.no_grad():
+        output = model(**inputs, output_hidden_states=True)
+        features = model.model.get_image_features(inputs["pixel_values"])
+        plain = model(**inputs)
+    image_outputs = output.image_outputs
+    assert len(image_outputs.pooler_output) == 2
+    torch.testing.assert_close(torch.cat(image_outputs.pooler_output), output.image_hidden_states, rtol=0, atol=0)
+    for ours, reference in zip(image_outputs.pooler_output, features.pooler_output):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert len(image_outputs.hidden_states) == model.config.vision_config.num_hidden_layers + 1  # asked for
+    assert plain.image_outputs.hidden_states is None  # not asked for
+    with torch.no_grad():
+        assert model(**{key: value for key, value in inputs.items() if "pixel" not in key and "region" not in key},
+                     ).image_outputs is None  # fmt: skip
+
+
 def test_base_model_forward_does_all_multimodal_work(model):
     """TRL calls only the base model and reads last_hidden_state: regions must change it."""
     inputs = batch_inputs([make_sample(1, seed=1)])

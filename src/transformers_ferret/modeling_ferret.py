@@ -47,10 +47,14 @@ class FerretModelOutputWithPast(BaseModelOutputWithPast):
         Projected image features that replaced the `<image>` tokens.
     region_hidden_states (`torch.Tensor` of shape `(num_regions_in_batch, hidden_size)`, *optional*):
         Sampler outputs that replaced the region tokens, in order of appearance.
+    image_outputs ([`FerretImageFeaturesOutput`], *optional*): the image encoder's outputs, as `get_image_features`
+        returns them (`pooler_output`: the per-image projected features; the global tower's `hidden_states` /
+        `attentions` when asked for), the `image_outputs` of transformers' multimodal outputs.
     """
 
     image_hidden_states: torch.Tensor | None = None
     region_hidden_states: torch.Tensor | None = None
+    image_outputs: "FerretImageFeaturesOutput | None" = None
 
 
 @dataclass
@@ -91,7 +95,7 @@ class FerretCausalLMOutputWithPast(ModelOutput):
     r"""
     loss (`torch.Tensor` of shape `(1,)`, *optional*): next-token loss, when `labels` are given.
     logits (`torch.Tensor` of shape `(batch_size, sequence_length, vocab_size)`): language-model head scores.
-    image_hidden_states / region_hidden_states: as in [`FerretModelOutputWithPast`].
+    image_hidden_states / region_hidden_states / image_outputs: as in [`FerretModelOutputWithPast`].
     """
 
     loss: torch.Tensor | None = None
@@ -101,6 +105,7 @@ class FerretCausalLMOutputWithPast(ModelOutput):
     attentions: tuple[torch.Tensor] | None = None
     image_hidden_states: torch.Tensor | None = None
     region_hidden_states: torch.Tensor | None = None
+    image_outputs: FerretImageFeaturesOutput | None = None
 
 
 class FerretMultiModalProjector(nn.Module):
@@ -318,6 +323,11 @@ class FerretModel(FerretPreTrainedModel):
             pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
             **vision_kwargs,
         )  # fmt: skip
+        return self._image_features_output(encoding, pixel_values, image_grids, wants_hidden_states)
+
+    def _image_features_output(self, encoding: FerretImageEncoding, pixel_values: torch.Tensor,
+                               image_grids: torch.Tensor | None, wants_hidden_states: bool) -> FerretImageFeaturesOutput:  # fmt: skip
+        """`encode_images`' result as `get_image_features` returns it (and the model outputs' `image_outputs`)."""
         tokens_per_image = self.num_image_tokens(pixel_values, image_grids)
         vision_outputs = encoding.vision_outputs
         return FerretImageFeaturesOutput(
@@ -473,11 +483,15 @@ class FerretModel(FerretPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = region_features = None
+        image_features = region_features = image_outputs = None
         if pixel_values is not None:
+            wants_attentions = kwargs.get("output_attentions") or self.config.vision_config.output_attentions
             encoding = self.encode_images(
-                pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy
-            )
+                pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
+                **({"output_attentions": True} if wants_attentions else {}),
+            )  # fmt: skip
+            wants_hidden_states = kwargs.get("output_hidden_states") or self.config.vision_config.output_hidden_states
+            image_outputs = self._image_features_output(encoding, pixel_values, image_grids, bool(wants_hidden_states))
             image_features = encoding.image_features.to(inputs_embeds.dtype)
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
@@ -512,6 +526,7 @@ class FerretModel(FerretPreTrainedModel):
             attentions=outputs.attentions,
             image_hidden_states=image_features,
             region_hidden_states=region_features,
+            image_outputs=image_outputs,
         )
 
 
@@ -612,6 +627,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
             region_hidden_states=outputs.region_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
 
     def prepare_inputs_for_generation(

@@ -138,6 +138,7 @@ def test_v2_without_tiles_reads_the_global_view_only(model):
     with torch.no_grad():
         output = model(**global_only)
     assert output.image_hidden_states.shape[0] == NUM_IMAGE_TOKENS and torch.isfinite(output.logits).all()
+    assert [len(features) for features in output.image_outputs.pooler_output] == [NUM_IMAGE_TOKENS]  # no tile tokens
     with_tile_tokens = batch_v2_inputs([make_v2_sample((1, 2), 0, seed=7)])
     del with_tile_tokens["pixel_values_tiles"]
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):

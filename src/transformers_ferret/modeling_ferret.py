@@ -323,12 +323,14 @@ class FerretModel(FerretPreTrainedModel):
             pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
             **vision_kwargs,
         )  # fmt: skip
-        return self._image_features_output(encoding, pixel_values, image_grids, wants_hidden_states)
+        return self._image_features_output(encoding, pixel_values, pixel_values_tiles, image_grids, wants_hidden_states)
 
     def _image_features_output(self, encoding: FerretImageEncoding, pixel_values: torch.Tensor,
-                               image_grids: torch.Tensor | None, wants_hidden_states: bool) -> FerretImageFeaturesOutput:  # fmt: skip
+                               pixel_values_tiles: torch.Tensor | None, image_grids: torch.Tensor | None,
+                               wants_hidden_states: bool) -> FerretImageFeaturesOutput:  # fmt: skip
         """`encode_images`' result as `get_image_features` returns it (and the model outputs' `image_outputs`)."""
-        tokens_per_image = self.num_image_tokens(pixel_values, image_grids)
+        read_tiles = self.config.is_any_resolution and pixel_values_tiles is not None  # as `encode_images` decides
+        tokens_per_image = self.num_image_tokens(pixel_values, image_grids if read_tiles else None)
         vision_outputs = encoding.vision_outputs
         return FerretImageFeaturesOutput(
             last_hidden_state=vision_outputs.last_hidden_state,
@@ -490,10 +492,12 @@ class FerretModel(FerretPreTrainedModel):
                 pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
                 **({"output_attentions": True} if wants_attentions else {}),
             )  # fmt: skip
-            wants_hidden_states = kwargs.get("output_hidden_states") or self.config.vision_config.output_hidden_states
-            image_outputs = self._image_features_output(encoding, pixel_values, image_grids, bool(wants_hidden_states))
             image_features = encoding.image_features.to(inputs_embeds.dtype)
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            wants_hidden_states = kwargs.get("output_hidden_states") or self.config.vision_config.output_hidden_states
+            image_outputs = self._image_features_output(
+                encoding, pixel_values, pixel_values_tiles, image_grids, bool(wants_hidden_states)
+            )
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
 
         region_mask = self._token_mask(self.config.region_token_id, input_ids, inputs_embeds)

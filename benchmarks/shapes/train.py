@@ -121,8 +121,9 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
         targets, query_boxes = pointer_targets(inputs["input_ids"], inputs["labels"], self.processing_class.tokenizer,
                                                model.config.image_token_id, grid, self.digit_ids)  # fmt: skip
-        extra = self.pointer_weight * pointer_loss(self.pointer_attention[:, self.pointer_head], targets)
-        self.pointer_history.append(extra.item() / self.pointer_weight)
+        pointer = pointer_loss(self.pointer_attention[:, self.pointer_head], targets)
+        self.pointer_history.append(pointer.item())
+        extra = self.pointer_weight * pointer
         if self.readout_weight:
             readout = readout_loss(self.pointer_output, query_boxes, model.rec_readout_head)
             self.readout_history.append(readout.item())

@@ -323,12 +323,6 @@ class FerretModel(FerretPreTrainedModel):
             pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
             **vision_kwargs,
         )  # fmt: skip
-        return self._image_features_output(encoding, pixel_values, pixel_values_tiles, image_grids, wants_hidden_states)
-
-    def _image_features_output(self, encoding: FerretImageEncoding, pixel_values: torch.Tensor,
-                               pixel_values_tiles: torch.Tensor | None, image_grids: torch.Tensor | None,
-                               wants_hidden_states: bool) -> FerretImageFeaturesOutput:  # fmt: skip
-        """`encode_images`' result as `get_image_features` returns it (and the model outputs' `image_outputs`)."""
         read_tiles = self.config.is_any_resolution and pixel_values_tiles is not None  # as `encode_images` decides
         tokens_per_image = self.num_image_tokens(pixel_values, image_grids if read_tiles else None)
         vision_outputs = encoding.vision_outputs
@@ -380,7 +374,7 @@ class FerretModel(FerretPreTrainedModel):
         if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():
             raise ValueError(f"`{name}` contain NaN or inf values.")
 
-    def _dummy_region_feature(self, encoding: FerretImageEncoding) -> torch.Tensor:
+    def _dummy_region_feature(self, encoding: FerretImageEncoding | FerretImageFeaturesOutput) -> torch.Tensor:
         """The sampler's output for one region at the first image's centre, reduced to a scalar.
 
         Training adds it with weight 0 when a batch has images but no region, so the sampler's parameters take part in
@@ -487,17 +481,13 @@ class FerretModel(FerretPreTrainedModel):
 
         image_features = region_features = image_outputs = None
         if pixel_values is not None:
-            wants_attentions = kwargs.get("output_attentions") or self.config.vision_config.output_attentions
-            encoding = self.encode_images(
+            image_outputs = self.get_image_features(
                 pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
-                **({"output_attentions": True} if wants_attentions else {}),
+                output_attentions=kwargs.get("output_attentions"), output_hidden_states=kwargs.get("output_hidden_states"),
+                return_dict=True,
             )  # fmt: skip
-            image_features = encoding.image_features.to(inputs_embeds.dtype)
+            image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.dtype)
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
-            wants_hidden_states = kwargs.get("output_hidden_states") or self.config.vision_config.output_hidden_states
-            image_outputs = self._image_features_output(
-                encoding, pixel_values, pixel_values_tiles, image_grids, bool(wants_hidden_states)
-            )
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
 
         region_mask = self._token_mask(self.config.region_token_id, input_ids, inputs_embeds)
@@ -510,11 +500,11 @@ class FerretModel(FerretPreTrainedModel):
                 region_mask, image_rows, region_points, region_counts, pixel_values.shape[0]
             )
             region_features = self.region_sampler(
-                encoding.region_maps, region_points[image_rows], region_valid[image_rows], encoding.map_extent
+                image_outputs.region_maps, region_points[image_rows], region_valid[image_rows], image_outputs.map_extent
             ).to(inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(region_mask.unsqueeze(-1), region_features)
         elif self.training and pixel_values is not None:
-            inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(encoding).to(inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
 
         outputs = self.language_model(
             attention_mask=attention_mask,

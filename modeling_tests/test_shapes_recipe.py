@@ -39,7 +39,7 @@ def test_smoke_training_loss_falls_and_the_evaluation_runs(tmp_path):
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
     held_out = summary["dense_held_out"]  # the dense heads' held-out accuracy, measured before they are removed
     assert set(held_out) == {"object_patch_colour_acc", "object_patch_shape_acc", "object_patch_box_l1",
-                             "object_patch_box_hundreds_acc"}  # fmt: skip
+                             "object_patch_box_hundreds_acc", "object_patch_box_iou50", "object_mean_box_iou50"}  # fmt: skip
     assert held_out["object_patch_colour_acc"] > 1 / 8  # the tower learned colour in 40 steps
 
 
@@ -58,6 +58,32 @@ def test_rec_pointer_loss_falls_when_training_with_it(tmp_path):
     # the read-out is computed on real box digits (0 if it found none): a fresh head starts near chance, ln 10 per digit
     assert len(readout) == 3 and all(abs(value - math.log(10)) < 0.3 for value in readout), readout
     assert not hasattr(AutoModelForImageTextToText.from_pretrained(tmp_path), "rec_readout_head")  # training-only
+
+
+def test_small_object_share_mixes_rows_of_a_second_stream_with_small_objects_at_that_rate():
+    from itertools import islice
+
+    import train
+    from recipe import SCENE_KWARGS
+
+    def rows(share, count):
+        stream = train.grit_rows(3, 1, {}, {"roc_open": 1}, small_object_share=share,
+                                 small_object_overrides={"object_size": (10, 20)})  # fmt: skip
+        return [(row["image_w"], row["image_h"], row["box_x1y1x2y2"]) for row in islice(stream, count)]
+
+    def largest_side(row):  # of the referred boxes (0 when the question refers with a point)
+        return max(max(x2 - x1, y2 - y1) for turn in row[2] for x1, y1, x2, y2 in turn)
+
+    main, small, mixed = rows(0.0, 40), rows(1.0, 40), rows(0.5, 40)
+    main_sides, small_sides = [largest_side(row) for row in main], [largest_side(row) for row in small]
+    assert max(small_sides) <= 20 and sum(side > 0 for side in small_sides) >= 20  # the second stream's objects
+    assert all(side > 20 for side in main_sides if side > 0) and sum(side > 0 for side in main_sides) >= 20
+    # the mix takes the next row of one stream or the other, in order, about half from each
+    from_small = [row in small for row in mixed]
+    assert 12 <= sum(from_small) <= 28
+    assert [row for row, is_small in zip(mixed, from_small) if is_small] == small[: sum(from_small)]
+    assert [row for row, is_small in zip(mixed, from_small) if not is_small] == main[: 40 - sum(from_small)]
+    assert SCENE_KWARGS["object_size"][0] > 20  # (the main stream's objects are larger than the second stream's)
 
 
 def test_shipped_checkpoint_scores_its_table_row_on_fresh_scenes():
@@ -118,6 +144,32 @@ def test_box_digit_labels_are_the_hundreds_and_tens_of_the_truncated_grid_value_
     # a 291 x 200 image: x 53 -> int(53000 / 291) = 182; x 100 of 200 -> exactly 500 (no float drift below it)
     boxes = torch.tensor([[53 / 291, 100 / 200, 290 / 291, 0.0]], dtype=torch.float32)
     assert box_digit_labels(boxes).tolist() == [[[1, 8], [5, 0], [9, 9], [0, 0]]]  # 290 -> 996 -> (9, 9)
+
+
+def test_paired_box_iou_is_each_rows_iou_as_the_library_evaluator_computes_it():
+    from pretrain_vision import paired_box_iou
+
+    from transformers_ferret.evaluation import box_iou
+
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.1, 0.1, 0.3, 0.4], [0.2, 0.2, 0.2, 0.6], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[0.25, 0.25, 0.75, 0.75], [0.1, 0.1, 0.3, 0.4], [0.2, 0.2, 0.2, 0.6], [0.6, 0.6, 0.8, 0.9]])
+    expected = [1 / 7, 1.0, 0.0, 0.06]  # a quarter overlap of two equal squares; identical; empty union; inside
+    assert paired_box_iou(a, b).tolist() == pytest.approx(expected)
+    assert paired_box_iou(a, b).tolist() == pytest.approx(box_iou(a.numpy(), b.numpy()).diagonal().tolist())
+
+
+def test_object_mean_boxes_average_the_readings_of_each_objects_patches_scene_by_scene():
+    from pretrain_vision import object_mean_boxes
+
+    box_a, box_b = [0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]
+    boxes = torch.tensor([[box_a, box_a, box_b, [0.0] * 4], [box_a, [0.0] * 4, [0.0] * 4, [0.0] * 4]])
+    covered = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    predictions = torch.tensor([[[0.0, 0.0, 0.2, 0.2], [0.2, 0.2, 0.6, 0.6], [0.5, 0.5, 1.0, 1.0], [9.0] * 4],
+                                [[0.3, 0.3, 0.3, 0.3], [9.0] * 4, [9.0] * 4, [9.0] * 4]])  # fmt: skip
+    means, targets = object_mean_boxes(predictions, boxes, covered)
+    # scene 0's box a (two patches, averaged), scene 0's box b, scene 1's box a (the same box, another object)
+    torch.testing.assert_close(targets, torch.tensor([box_a, box_b, box_a]))
+    torch.testing.assert_close(means, torch.tensor([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 1.0, 1.0], [0.3] * 4]))
 
 
 def test_patch_labels_give_each_patch_the_topmost_covering_object_and_its_box_as_image_fractions():

@@ -145,13 +145,37 @@ class PatchClassifier(nn.Module):
 
 
 @torch.no_grad()
+def paired_box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """IoU of each box of `boxes_a` `[N, 4]` with the box in the same row of `boxes_b` `[N, 4]` (x1, y1, x2, y2): `[N]`,
+    0 where the union is empty."""
+    top_left, bottom_right = torch.maximum(boxes_a[:, :2], boxes_b[:, :2]), torch.minimum(boxes_a[:, 2:], boxes_b[:, 2:])
+    intersection = (bottom_right - top_left).clamp_min(0).prod(-1)
+    union = sum((boxes[:, 2:] - boxes[:, :2]).clamp_min(0).prod(-1) for boxes in (boxes_a, boxes_b)) - intersection
+    return torch.where(union > 0, intersection / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
+def object_mean_boxes(box_predictions: torch.Tensor, boxes: torch.Tensor, covered: torch.Tensor):
+    """
+    Per object: the mean of the box predictions of the patches it covers, and its box. `box_predictions`, `boxes`:
+    `[batch, patches, 4]`; `covered`: `[batch, patches]` bool. An object is a (scene, box) pair, since every patch of
+    an object carries its box (`patch_labels`). Returns two `[objects, 4]` tensors.
+    """
+    scene = torch.arange(boxes.shape[0])[:, None].expand(covered.shape)[covered]
+    keys = torch.cat([scene[:, None].to(boxes.dtype), boxes[covered]], dim=1)
+    objects, index = torch.unique(keys, dim=0, return_inverse=True)
+    sums = torch.zeros(len(objects), 4, dtype=box_predictions.dtype).index_add_(0, index, box_predictions[covered])
+    return sums / torch.bincount(index, minlength=len(objects))[:, None], objects[:, 1:].to(box_predictions.dtype)
+
+
 def held_out_accuracy(model, image_processor, grid: int, scene_kwargs, num_scenes: int = 256, seed: int = 12345) -> dict:
-    """Per-patch colour and shape accuracy, box L1 error and hundreds-digit accuracy on patches covered by an object,
-    over fresh scenes (a fixed seed)."""
+    """Per-patch colour and shape accuracy, box L1 error, hundreds-digit accuracy and box IoU >= 0.5 rate (the REC
+    Acc@0.5 of an answer that copied one object patch's box reading) on patches covered by an object, and the IoU >= 0.5
+    rate of each object's box read as the mean of its patches' readings (what a head attending evenly to the object's
+    patches could bring back), over fresh scenes (a fixed seed)."""
     rng = np.random.default_rng([seed, 1])
     was_training = model.training
     model.eval()
-    hits, errors, digit_hits = {"colour": [], "shape": []}, [], []
+    hits, errors, digit_hits, ious, object_ious = {"colour": [], "shape": []}, [], [], [], []
     for _ in range(num_scenes // 32):
         pixels, colours, shapes, boxes = make_batch(rng, image_processor, 32, grid, scene_kwargs)
         colour_logits, shape_logits, box_predictions, digit_logits = model(pixels)
@@ -159,11 +183,15 @@ def held_out_accuracy(model, image_processor, grid: int, scene_kwargs, num_scene
         hits["colour"].append((colour_logits.argmax(-1) == colours)[covered])
         hits["shape"].append((shape_logits.argmax(-1) == shapes)[covered])
         errors.append((box_predictions - boxes).abs()[covered])
+        ious.append(paired_box_iou(box_predictions[covered].float(), boxes[covered]))
+        object_ious.append(paired_box_iou(*object_mean_boxes(box_predictions.float(), boxes, covered)))
         digit_hits.append((digit_logits.argmax(-1) == box_digit_labels(boxes))[covered])
     model.train(was_training)
     results = {f"object_patch_{name}_acc": round(torch.cat(values).float().mean().item(), 4) for name, values in hits.items()}
     results["object_patch_box_l1"] = round(torch.cat(errors).mean().item(), 4)  # fractions of the image side
     results["object_patch_box_hundreds_acc"] = round(torch.cat(digit_hits)[..., 0].float().mean().item(), 4)
+    results["object_patch_box_iou50"] = round((torch.cat(ious) >= 0.5).float().mean().item(), 4)
+    results["object_mean_box_iou50"] = round((torch.cat(object_ious) >= 0.5).float().mean().item(), 4)
     return results
 
 

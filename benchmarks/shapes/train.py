@@ -35,8 +35,21 @@ from transformers_ferret.data_grit import GRIT_FEATURES  # noqa: E402
 GRIT_COLUMNS = list(GRIT_FEATURES)
 
 
-def grit_rows(seed: int, turns_per_image: int, scene_overrides: dict, tasks: dict | None = None):
-    for sample in sample_stream(seed, turns_per_image=turns_per_image, tasks=tasks, **scene_overrides):
+SMALL_OBJECT_START = 10**9
+"""First sample index of the small-object stream (`--small-object-share`): far past any index the main stream reaches,
+so the two streams never draw the same scene."""
+
+
+def grit_rows(seed: int, turns_per_image: int, scene_overrides: dict, tasks: dict | None = None,
+              small_object_share: float = 0.0, small_object_overrides: dict | None = None):  # fmt: skip
+    """GRIT rows of fresh scenes; with `small_object_share`, that share of the rows (drawn at random, seeded) come
+    from a second stream whose scenes take `small_object_overrides` (e.g. smaller objects) instead."""
+    main = sample_stream(seed, turns_per_image=turns_per_image, tasks=tasks, **scene_overrides)
+    small = sample_stream(seed, turns_per_image=turns_per_image, tasks=tasks, start=SMALL_OBJECT_START,
+                          **{**scene_overrides, **(small_object_overrides or {})})  # fmt: skip
+    choice = np.random.default_rng([seed, 2])
+    while True:
+        sample = next(small if choice.random() < small_object_share else main)
         yield {column: sample.get(column) for column in GRIT_COLUMNS}
 
 
@@ -208,6 +221,10 @@ def main(argv=None):
                         help="with --init-from: turn the v1 checkpoint into a Ferret-v2 (recipe.to_any_resolution)")  # fmt: skip
     parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
                         help="object sizes in source pixels (default: the recipe's 20 80)")  # fmt: skip
+    parser.add_argument("--small-object-share", type=float, default=0.0,
+                        help="share of training scenes drawn with --small-object-size objects instead (0 = none)")
+    parser.add_argument("--small-object-size", type=int, nargs=2, metavar=("MIN", "MAX"), default=(10, 40),
+                        help="object sizes in source pixels of the --small-object-share scenes")  # fmt: skip
     parser.add_argument("--sampler-init", help="stage 0b: a region-sampler state dict (probe_regions.py --save-sampler)")
     parser.add_argument("--eval-every", type=int, default=0, help="referring accuracy every N steps (0 = off)")
     parser.add_argument("--eval-scenes", type=int, default=48)
@@ -248,7 +265,8 @@ def main(argv=None):
     dataset = datasets.IterableDataset.from_generator(
         grit_rows, features=GRIT_FEATURES,
         gen_kwargs={"seed": args.seed, "turns_per_image": args.turns_per_image, "scene_overrides": scene_overrides,
-                    "tasks": task_weights},
+                    "tasks": task_weights, "small_object_share": args.small_object_share,
+                    "small_object_overrides": {"object_size": tuple(args.small_object_size)}},
     )  # fmt: skip
     config = SFTConfig(
         output_dir=args.output_dir, max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
@@ -294,6 +312,7 @@ def main(argv=None):
                "aux_box_digits": args.aux_box_digits, "rec_pointer_weight": args.rec_pointer_weight,
                "rec_pointer_layer": args.rec_pointer_layer, "rec_pointer_head": args.rec_pointer_head,
                "rec_readout_weight": args.rec_readout_weight,
+               "small_object_share": args.small_object_share, "small_object_size": list(args.small_object_size),
                "sampler_init": args.sampler_init, "dense_held_out": dense_held_out, "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({key: value for key, value in summary.items() if key != "log"}))

@@ -103,6 +103,29 @@ def test_generate_with_cache_equals_generate_without_cache(model):
     assert cached.tolist() == uncached.tolist()
 
 
+def test_generate_hands_the_language_model_its_cache_under_one_name_without_deprecation_warnings(model):
+    import warnings
+
+    inputs = batch_inputs([make_sample(2, seed=8)])
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=True)
+    messages = [str(warning.message) for warning in caught]
+    assert not [message for message in messages if "past_key_values" in message], messages
+
+
+def test_a_decode_step_with_past_key_values_given_by_hand_equals_the_full_forward(model):
+    inputs = batch_inputs([make_sample(2, seed=8)])
+    next_token = torch.tensor([[5]])
+    with torch.no_grad():
+        prefill = model(**inputs, use_cache=True)
+        step = model(input_ids=next_token, attention_mask=torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1),
+                     past_key_values=prefill.past_key_values)  # fmt: skip
+        full = model(**{**inputs, "input_ids": torch.cat([inputs["input_ids"], next_token], 1),
+                        "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)})  # fmt: skip
+    torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-4)
+
+
 def test_regions_and_image_are_encoded_at_prefill_only(model):
     inputs = batch_inputs([make_sample(2, seed=10)])
     calls = {"sampler": 0, "vision": 0}

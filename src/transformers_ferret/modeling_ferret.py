@@ -506,12 +506,10 @@ class FerretModel(FerretPreTrainedModel):
         elif self.training and pixel_values is not None:
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
 
+        if past_key_values is not None:  # transformers >= 5.25 passes the cache as `cache` (in kwargs) and deprecates
+            kwargs["past_key_values"] = past_key_values  # this name: give the language model only the one it got
         outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            **kwargs,
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
         )
         return FerretModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,

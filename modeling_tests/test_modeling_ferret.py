@@ -117,12 +117,11 @@ def test_generate_hands_the_language_model_its_cache_under_one_name_without_depr
 def test_a_decode_step_with_past_key_values_given_by_hand_equals_the_full_forward(model):
     inputs = batch_inputs([make_sample(2, seed=8)])
     next_token = torch.tensor([[5]])
+    attention_mask = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)
     with torch.no_grad():
         prefill = model(**inputs, use_cache=True)
-        step = model(input_ids=next_token, attention_mask=torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1),
-                     past_key_values=prefill.past_key_values)  # fmt: skip
-        full = model(**{**inputs, "input_ids": torch.cat([inputs["input_ids"], next_token], 1),
-                        "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)})  # fmt: skip
+        step = model(input_ids=next_token, attention_mask=attention_mask, past_key_values=prefill.past_key_values)
+        full = model(**{**inputs, "input_ids": torch.cat([inputs["input_ids"], next_token], 1), "attention_mask": attention_mask})
     torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-4)
 
 

@@ -146,18 +146,6 @@ def test_box_digit_labels_are_the_hundreds_and_tens_of_the_truncated_grid_value_
     assert box_digit_labels(boxes).tolist() == [[[1, 8], [5, 0], [9, 9], [0, 0]]]  # 290 -> 996 -> (9, 9)
 
 
-def test_paired_box_iou_is_each_rows_iou_as_the_library_evaluator_computes_it():
-    from pretrain_vision import paired_box_iou
-
-    from transformers_ferret.evaluation import box_iou
-
-    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.1, 0.1, 0.3, 0.4], [0.2, 0.2, 0.2, 0.6], [0.0, 0.0, 1.0, 1.0]])
-    b = torch.tensor([[0.25, 0.25, 0.75, 0.75], [0.1, 0.1, 0.3, 0.4], [0.2, 0.2, 0.2, 0.6], [0.6, 0.6, 0.8, 0.9]])
-    expected = [1 / 7, 1.0, 0.0, 0.06]  # a quarter overlap of two equal squares; identical; empty union; inside
-    assert paired_box_iou(a, b).tolist() == pytest.approx(expected)
-    assert paired_box_iou(a, b).tolist() == pytest.approx(box_iou(a.numpy(), b.numpy()).diagonal().tolist())
-
-
 def test_object_mean_boxes_average_the_readings_of_each_objects_patches_scene_by_scene():
     from pretrain_vision import object_mean_boxes
 

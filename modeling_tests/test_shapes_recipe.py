@@ -50,10 +50,16 @@ def test_rec_pointer_loss_falls_when_training_with_it(tmp_path):
                           "--batch-size", "4", "--turns-per-image", "2", "--logging-steps", "4", "--threads", "1",
                           "--workers", "0", "--learning-rate", "1e-3", "--aux-batch-size", "4",
                           "--rec-pointer-weight", "1", "--rec-readout-weight", "1", "--task-weights", "rec=1",
+                          "--rec-pointer-first-weight", "1", "--rec-pointer-name-weight", "1",
                           # a head the shipped model was not trained to point with (it was: layer 1, head 0)
                           "--rec-pointer-layer", "2", "--rec-pointer-head", "3"])  # fmt: skip
     pointer = [entry["pointer_loss"] for entry in summary["log"]]
     assert len(pointer) == 3 and pointer[-1] < pointer[0], pointer  # the head learns to look at the boxes' patches
+    # the first-digit term is measured on its own (a fresh head spreads its attention: -log of a small mass)
+    first = [entry["pointer_first_loss"] for entry in summary["log"]]
+    assert len(first) == 3 and all(value > 0.5 for value in first), first
+    names = [entry["pointer_name_loss"] for entry in summary["log"]]
+    assert len(names) == 3 and all(value > 0.5 for value in names), names
     readout = [entry["readout_loss"] for entry in summary["log"]]
     # the read-out is computed on real box digits (0 if it found none): a fresh head starts near chance, ln 10 per digit
     assert len(readout) == 3 and all(abs(value - math.log(10)) < 0.3 for value in readout), readout
@@ -227,7 +233,7 @@ def test_rec_pointer_targets_link_each_box_digit_prediction_to_the_global_patche
     input_ids, label_ids = torch.tensor([ids, ids]), torch.tensor([labels, labels])
     input_ids[1, 40:50] = 0  # the second sample has only 39 image tokens: no global view to point into
 
-    targets, query_boxes = pointer_targets(input_ids, label_ids, tokenizer, image_id, grid=7)
+    targets, query_boxes, first_queries, name_targets = pointer_targets(input_ids, label_ids, tokenizer, image_id, grid=7)
 
     # patch centres on the 0..999 grid are 71, 214, 357, 500, ...: x in [100, 400] -> columns 1, 2; y in [0, 300] -> rows 0, 1
     expected_patches = [1, 2, 8, 9]
@@ -241,6 +247,50 @@ def test_rec_pointer_targets_link_each_box_digit_prediction_to_the_global_patche
     assert not targets[1].any()
     assert (query_boxes[0, queries] == torch.tensor([100, 0, 400, 300])).all()
     assert (query_boxes[0].clamp(max=0).sum(-1) == -4).sum() == len(ids) - len(queries) and (query_boxes[1] == -1).all()
+    # the first digit's query, the position of "[" (the object is chosen there), is the only first query
+    assert first_queries[0].nonzero().flatten().tolist() == [queries[0]] and not first_queries[1].any()
+    assert tokenizer.decode([ids[queries[0]]]).strip() == "["
+    # the name tokens between the answer's first token and "[" ("red", "star") point at the same patches
+    names = name_targets[0].any(-1).nonzero().flatten().tolist()
+    assert [tokenizer.decode([ids[position]]).strip() for position in names] == ["red", "star"]
+    assert all(name_targets[0, position].nonzero().flatten().tolist() == [1 + patch for patch in expected_patches]
+               for position in names) and not name_targets[1].any()  # fmt: skip
+
+
+def test_rec_error_kinds_sort_each_first_box_into_hit_wrong_object_imprecise_box_or_elsewhere():
+    from evaluate import rec_error_kinds
+
+    target, other = [0, 0, 50, 50], [100, 0, 150, 50]
+    sample = {"image_w": 200, "image_h": 100, "box_x1y1x2y2": [[], [target]],
+              "conversations": [{"from": "human", "value": "Where is the red star?"}, {"from": "gpt", "value": "..."}],
+              "objects": [{"box": other}, {"box": target}]}  # fmt: skip
+    predictions = [  # 0..999 bins; x pixels = bin / 5, y pixels = bin / 10
+        "The red star [0, 0, 250, 500].",  # [0, 0, 50, 50]: the target itself
+        "The red star [500, 0, 750, 500].",  # [100, 0, 150, 50]: the other object
+        "The red star [0, 0, 400, 900].",  # [0, 0, 80, 90]: IoU 0.35 with the target, centre (40, 45) inside it
+        "The red star [450, 0, 900, 900].",  # [90, 0, 180, 90]: IoU 0.31 with the other, centre (135, 45) inside it
+        "The red star [800, 600, 900, 900].",  # on no object
+        "The red star.",  # no box
+        "The red star [0, 0, 260, 500] [500, 0, 750, 500].",  # only the first box counts: a hit
+    ]
+    kinds = rec_error_kinds(predictions, [sample] * len(predictions))
+    assert kinds == {"target": round(2 / 7, 3), "other_object": round(1 / 7, 3), "centre_in_target": round(1 / 7, 3),
+                     "centre_in_other": round(1 / 7, 3), "elsewhere": round(2 / 7, 3)}  # fmt: skip
+
+
+def test_rec_choice_reads_the_pointer_mass_per_digit_and_probes_the_name_at_the_answer_tokens_that_hold_it():
+    import rec_choice
+
+    results = rec_choice.main(["--model", str(SHIPPED), "--num-scenes", "128", "--threads", "1"])
+    assert results["scenes"] == 128  # every REC answer has one-token colour and shape names
+    masses = results["pointer_mass_by_digit"]
+    assert len(masses) == 12 and all(0.0 <= mass <= 1.0 for mass in masses)  # x1..y2: up to 3 digits each
+    probes = results["name_probes"]
+    assert set(probes) == {"colour_token", "shape_token", "first_digit_query", "named_object_patches"}
+    # at the embedding layer a token's state is its own embedding: the colour token says the colour, the shape token
+    # the shape, and the first digit query ("[", the same token in every answer) neither
+    assert probes["colour_token"][0]["colour"] == 1.0 and probes["shape_token"][0]["shape"] == 1.0
+    assert probes["first_digit_query"][0]["colour"] < 0.4 and probes["first_digit_query"][0]["shape"] < 0.4
 
 
 def test_rec_readout_loss_is_the_cross_entropy_of_the_box_hundreds_and_tens_digits_at_the_query_positions():

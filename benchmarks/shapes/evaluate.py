@@ -22,7 +22,7 @@ from recipe import SCENE_KWARGS, scene_kwargs  # noqa: E402
 import transformers_ferret  # noqa: E402,F401
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 from transformers_ferret import FerretDataCollator  # noqa: E402
-from transformers_ferret.evaluation import rec_accuracy, roc_accuracy  # noqa: E402
+from transformers_ferret.evaluation import bins_to_pixels, box_iou, parse_boxes, rec_accuracy, roc_accuracy  # noqa: E402
 from transformers_ferret.synthetic_shapes import SHAPES, make_sample  # noqa: E402
 
 EVAL_SEED = 12345
@@ -97,20 +97,25 @@ def evaluate_referring(model, processor, num_scenes: int, batch_size: int = 16, 
 
 
 def evaluate_rec(model, processor, num_scenes: int, batch_size: int = 16, seed: int = EVAL_SEED,
-                 scene_kwargs=None) -> dict:
-    """REC Acc@0.5 (first predicted box), its parse-failure rate, and the mean IoU of the first box (0 when none)."""
+                 scene_kwargs=None, error_kinds: bool = False) -> dict:
+    """REC Acc@0.5 (first predicted box), its parse-failure rate, and the mean IoU of the first box (0 when none);
+    with `error_kinds`, also where the answers land (`rec_error_kinds`)."""
     samples = eval_samples("rec", num_scenes, scene_kwargs=scene_kwargs, seed=seed)
     predictions = answer(model, processor, samples, batch_size, max_new_tokens=32)
     rec = rec_accuracy(predictions, [truth(sample)[1] for sample in samples],
                        [(sample["image_h"], sample["image_w"]) for sample in samples])  # fmt: skip
-    return {"rec_acc@0.5": rec["accuracy"], "rec_parse_failure_rate": rec["parse_failure_rate"],
-            "rec_mean_iou": rec["mean_iou"]}  # fmt: skip
+    results = {"rec_acc@0.5": rec["accuracy"], "rec_parse_failure_rate": rec["parse_failure_rate"],
+               "rec_mean_iou": rec["mean_iou"]}  # fmt: skip
+    if error_kinds:
+        results["rec_answers"] = rec_error_kinds(predictions, samples)
+    return results
 
 
 def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed: int = EVAL_SEED,
-             scene_kwargs=None) -> dict:
+             scene_kwargs=None, rec_error_kinds: bool = False) -> dict:
     """Every metric of the table on `num_scenes` scenes per question set, generated with `seed`; `scene_kwargs`
-    (default `recipe.SCENE_KWARGS`) sets every set's scenes but the small-object one."""
+    (default `recipe.SCENE_KWARGS`) sets every set's scenes but the small-object one; `rec_error_kinds` adds where the
+    REC answers land (`rec_answers`)."""
     started = time.perf_counter()
     results = evaluate_referring(model, processor, num_scenes, batch_size, seed, scene_kwargs)
     samples = eval_samples("roc_choice", num_scenes, scene_kwargs=scene_kwargs, seed=seed)
@@ -124,13 +129,17 @@ def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed
         results[f"same_bbox_colour_{variant}"] = sum(
             colour in prediction.split() for colour, prediction in zip(colours, predictions)
         ) / len(samples)
-    results.update(evaluate_rec(model, processor, num_scenes, batch_size, seed, scene_kwargs))
+    rec = evaluate_rec(model, processor, num_scenes, batch_size, seed, scene_kwargs, rec_error_kinds)
+    rec_answers = rec.pop("rec_answers", None)
+    results.update(rec)
     samples = eval_samples("roc_open", num_scenes, "box", SMALL_OBJECT_SCENES, seed=seed)
     names = class_names(samples)
     predictions = answer(model, processor, samples, batch_size)
     results["roc_small_objects_box"] = roc_accuracy(predictions, names)["accuracy"]
     results["roc_small_objects_box_colour"], results["roc_small_objects_box_shape"] = word_accuracy(predictions, names)
     results = {key: round(value, 3) for key, value in results.items()}
+    if rec_answers is not None:
+        results["rec_answers"] = rec_answers
     results["num_scenes"] = num_scenes
     results["eval_seconds"] = round(time.perf_counter() - started)
     return results
@@ -162,6 +171,40 @@ def shape_confusion(model, processor, num_scenes: int, batch_size: int = 16, see
         "shape_accuracy_by_input_size_box": {key: [len(by_size[key]), round(sum(by_size[key]) / len(by_size[key]), 3)]
                                              for key in size_order},  # fmt: skip
     }
+
+
+def rec_error_kinds(predictions: list[str], samples) -> dict:
+    """
+    Where REC answers land, as shares of the answers: `target` (IoU >= 0.5 with the named object: a hit),
+    `other_object` (IoU >= 0.5 with another object of the scene: the wrong object chosen), `centre_in_target` (no
+    IoU >= 0.5, but the box centre lies inside the named object's box: right object, imprecise box),
+    `centre_in_other` (the same inside another object's box) and `elsewhere` (no box, or its centre on no object).
+    """
+    counts = dict.fromkeys(("target", "other_object", "centre_in_target", "centre_in_other", "elsewhere"), 0)
+    for prediction, sample in zip(predictions, samples, strict=True):
+        target = truth(sample)[1]
+        others = [item["box"] for item in sample["objects"] if item["box"] != target]
+        boxes = parse_boxes(prediction)
+        if not boxes:
+            counts["elsewhere"] += 1
+            continue
+        box = bins_to_pixels(boxes[0][1], (sample["image_h"], sample["image_w"]))
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+
+        def holds(item):
+            return item[0] <= centre[0] <= item[2] and item[1] <= centre[1] <= item[3]
+
+        if box_iou(box, target)[0, 0] >= 0.5:
+            counts["target"] += 1
+        elif others and box_iou(box, others).max() >= 0.5:
+            counts["other_object"] += 1
+        elif holds(target):
+            counts["centre_in_target"] += 1
+        elif any(holds(item) for item in others):
+            counts["centre_in_other"] += 1
+        else:
+            counts["elsewhere"] += 1
+    return {key: round(count / len(samples), 3) for key, count in counts.items()}
 
 
 IMAGE_INPUTS = ("pixel_values", "pixel_values_tiles", "image_grids", "image_sizes")
@@ -201,7 +244,7 @@ def main(argv=None):
     scenes = scene_kwargs(args.object_size)
     model = AutoModelForImageTextToText.from_pretrained(args.model).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    results = evaluate(model, processor, args.num_scenes, args.batch_size, args.seed, scenes)
+    results = evaluate(model, processor, args.num_scenes, args.batch_size, args.seed, scenes, args.diagnostics)
     results["object_size"] = list(scenes["object_size"])  # the scenes this row was measured on
     if args.diagnostics:
         results.update(shape_confusion(model, processor, args.num_scenes, args.batch_size, args.seed, scenes))

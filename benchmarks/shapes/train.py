@@ -76,11 +76,15 @@ class DenseAuxiliaryTrainer(SFTTrainer):
     def __init__(self, *args, aux_weight: float, aux_batch_size: int, aux_seed: int, aux_object_weight: float = 0.0,
                  aux_box_weight: float = 0.0, aux_box_digits: bool = True, scene_kwargs: dict | None = None,
                  pointer_weight: float = 0.0, pointer_layer: int = 1, pointer_head: int = 0,
-                 readout_weight: float = 0.0, **kwargs):  # fmt: skip
+                 readout_weight: float = 0.0, pointer_first_weight: float = 0.0, pointer_name_weight: float = 0.0,
+                 **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.pointer_weight, self.pointer_layer, self.pointer_head = pointer_weight, pointer_layer, pointer_head
-        self.readout_weight = readout_weight
-        self.pointer_history, self.readout_history = [], []  # REC pointer / read-out losses since the last log
+        self.readout_weight, self.pointer_first_weight = readout_weight, pointer_first_weight
+        self.pointer_name_weight = pointer_name_weight
+        # REC pointer (all digits, first digit only, name tokens) and read-out losses since the last log
+        self.pointer_history, self.pointer_first_history, self.pointer_name_history = [], [], []
+        self.readout_history = []
         if pointer_weight:  # the pointer head's attention probabilities (and output), caught as its layer computes them
             self.digit_ids = digit_token_ids(self.processing_class.tokenizer)
             self.pointer_attention = self.pointer_output = None
@@ -129,16 +133,27 @@ class DenseAuxiliaryTrainer(SFTTrainer):
 
     def add_pointer_loss(self, model, inputs, return_outputs, num_items_in_batch):
         """The answer loss plus `pointer_weight` times the REC pointer loss of one attention head, plus
-        `readout_weight` times the read-out loss of that head's output (rec_pointer.py)."""
+        `pointer_first_weight` times that loss at each answer's first digit only (where the object is chosen), plus
+        `pointer_name_weight` times it at the answer's name tokens, plus `readout_weight` times the read-out loss of
+        that head's output (rec_pointer.py)."""
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
-        targets, query_boxes = pointer_targets(inputs["input_ids"], inputs["labels"], self.processing_class.tokenizer,
-                                               model.config.image_token_id, grid, self.digit_ids)  # fmt: skip
-        pointer = pointer_loss(self.pointer_attention[:, self.pointer_head], targets)
+        found = pointer_targets(inputs["input_ids"], inputs["labels"], self.processing_class.tokenizer,
+                                model.config.image_token_id, grid, self.digit_ids)  # fmt: skip
+        attention = self.pointer_attention[:, self.pointer_head]
+        pointer = pointer_loss(attention, found.targets)
         self.pointer_history.append(pointer.item())
         extra = self.pointer_weight * pointer
+        if self.pointer_first_weight:
+            pointer_first = pointer_loss(attention, found.targets & found.first_queries[..., None])
+            self.pointer_first_history.append(pointer_first.item())
+            extra = extra + self.pointer_first_weight * pointer_first
+        if self.pointer_name_weight:
+            pointer_name = pointer_loss(attention, found.name_targets)
+            self.pointer_name_history.append(pointer_name.item())
+            extra = extra + self.pointer_name_weight * pointer_name
         if self.readout_weight:
-            readout = readout_loss(self.pointer_output, query_boxes, model.rec_readout_head)
+            readout = readout_loss(self.pointer_output, found.query_boxes, model.rec_readout_head)
             self.readout_history.append(readout.item())
             extra = extra + self.readout_weight * readout
         self.pointer_attention = self.pointer_output = None
@@ -150,7 +165,8 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         if self.aux_history and "loss" in logs:
             logs["aux_loss"] = round(sum(self.aux_history) / len(self.aux_history), 4)
             self.aux_history.clear()
-        for name, history in (("pointer_loss", self.pointer_history), ("readout_loss", self.readout_history)):
+        for name, history in (("pointer_loss", self.pointer_history), ("pointer_first_loss", self.pointer_first_history),
+                              ("pointer_name_loss", self.pointer_name_history), ("readout_loss", self.readout_history)):
             if history and "loss" in logs:
                 logs[name] = round(sum(history) / len(history), 4)
                 history.clear()
@@ -214,6 +230,12 @@ def main(argv=None):
                         help="REC pointer loss: one attention head must look at the answer box's patches (rec_pointer.py)")
     parser.add_argument("--rec-pointer-layer", type=int, default=1, help="language-model layer of the pointer head")
     parser.add_argument("--rec-pointer-head", type=int, default=0, help="attention head of the pointer")
+    parser.add_argument("--rec-pointer-first-weight", type=float, default=0.0,
+                        help="with the pointer: an extra pointer loss at each answer's first box digit only, where the "
+                             "object is chosen (later digits can find it from the coordinates already written)")
+    parser.add_argument("--rec-pointer-name-weight", type=float, default=0.0,
+                        help="with the pointer: an extra pointer loss at the answer's name tokens before its box "
+                             "(\"cyan\", \"star\" in \"The cyan star [...\"), where the name is at hand")
     parser.add_argument("--rec-readout-weight", type=float, default=0.0,
                         help="with the pointer: a linear read-out of the pointer head's output must give the box digits")
     parser.add_argument("--init-from", help="continue from this checkpoint (model + processor) instead of a new model")
@@ -283,7 +305,8 @@ def main(argv=None):
         aux_batch_size=args.aux_batch_size, aux_seed=args.seed, aux_object_weight=args.aux_object_weight,
         aux_box_weight=args.aux_box_weight, aux_box_digits=args.aux_box_digits, scene_kwargs=scene_kwargs(args.object_size),
         pointer_weight=args.rec_pointer_weight, pointer_layer=args.rec_pointer_layer, pointer_head=args.rec_pointer_head,
-        readout_weight=args.rec_readout_weight,
+        readout_weight=args.rec_readout_weight, pointer_first_weight=args.rec_pointer_first_weight,
+        pointer_name_weight=args.rec_pointer_name_weight,
     )  # fmt: skip
     if args.eval_every:
         trainer.add_callback(ReferringCurveCallback(
@@ -312,6 +335,8 @@ def main(argv=None):
                "aux_box_digits": args.aux_box_digits, "rec_pointer_weight": args.rec_pointer_weight,
                "rec_pointer_layer": args.rec_pointer_layer, "rec_pointer_head": args.rec_pointer_head,
                "rec_readout_weight": args.rec_readout_weight,
+               "rec_pointer_first_weight": args.rec_pointer_first_weight,
+               "rec_pointer_name_weight": args.rec_pointer_name_weight,
                "small_object_share": args.small_object_share, "small_object_size": list(args.small_object_size),
                "sampler_init": args.sampler_init, "dense_held_out": dense_held_out, "log": log}  # fmt: skip
     (output / "train_log.json").write_text(json.dumps(summary, indent=1))

@@ -28,7 +28,7 @@ def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 def _label(value: float) -> str:
-    return f"{value:g}" if abs(value) < 1e4 else f"{value:.0e}"
+    return f"{value:g}" if abs(value) < 1e6 else f"{value:.3g}"  # 10000 and 12000, not 1e+04 twice
 
 
 def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: dict[str, tuple[list, list]],
@@ -38,7 +38,8 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
     `y_max` fixes the top of the y axis (default: the data's maximum); `colour_order` gives each name its colour by
     its position in that list (default: the order of `series`), so one run keeps its colour across panels."""
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127), (23, 190, 207), (188, 189, 34), (0, 0, 0), (128, 0, 0)]
+               (227, 119, 194), (127, 127, 127), (23, 190, 207), (188, 189, 34), (0, 0, 0), (128, 0, 0),
+               (0, 128, 128), (128, 128, 0)]
     left, top, right, bottom = box
     font, small = _font(14), _font(11)
     plot_left, plot_top, plot_right, plot_bottom = left + 62, top + 28, right - 12, bottom - 42

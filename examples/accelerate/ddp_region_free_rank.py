@@ -9,6 +9,7 @@ Without the model's zero-weight dummy region, the region sampler would get no gr
 wait for its gradients (or fail "Expected to have finished reduction") and ZeRO-3 would hang (DeepSpeed #7170).
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def main():
         print("DDP_OK", flush=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()  # destroys the process group: gloo's threads must not outlive the interpreter
+    # Leave without freeing the DDP model. Freeing it (when this function returns) destroys its gloo process group,
+    # which joins gloo's worker threads while this thread holds the GIL; a worker still freeing the finished
+    # all-gather needs the GIL to drop its tensor, so both wait for ever (seen once in CI, with gdb: the main thread in
+    # ~Reducer -> ~ProcessGroupGloo -> std::thread::join, the worker in ~AsyncAllgatherWork -> take_gil). Everything
+    # this script does is done and printed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -112,10 +112,10 @@ def evaluate_rec(model, processor, num_scenes: int, batch_size: int = 16, seed: 
 
 
 def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed: int = EVAL_SEED,
-             scene_kwargs=None, rec_error_kinds: bool = False) -> dict:
+             scene_kwargs=None, rec_diagnostics: bool = False) -> dict:
     """Every metric of the table on `num_scenes` scenes per question set, generated with `seed`; `scene_kwargs`
-    (default `recipe.SCENE_KWARGS`) sets every set's scenes but the small-object one; `rec_error_kinds` adds where the
-    REC answers land (`rec_answers`)."""
+    (default `recipe.SCENE_KWARGS`) sets every set's scenes but the small-object one; `rec_diagnostics` adds where the
+    REC answers land (`rec_answers`, see `rec_error_kinds`)."""
     started = time.perf_counter()
     results = evaluate_referring(model, processor, num_scenes, batch_size, seed, scene_kwargs)
     samples = eval_samples("roc_choice", num_scenes, scene_kwargs=scene_kwargs, seed=seed)
@@ -129,7 +129,7 @@ def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed
         results[f"same_bbox_colour_{variant}"] = sum(
             colour in prediction.split() for colour, prediction in zip(colours, predictions)
         ) / len(samples)
-    rec = evaluate_rec(model, processor, num_scenes, batch_size, seed, scene_kwargs, rec_error_kinds)
+    rec = evaluate_rec(model, processor, num_scenes, batch_size, seed, scene_kwargs, rec_diagnostics)
     rec_answers = rec.pop("rec_answers", None)
     results.update(rec)
     samples = eval_samples("roc_open", num_scenes, "box", SMALL_OBJECT_SCENES, seed=seed)
@@ -173,6 +173,11 @@ def shape_confusion(model, processor, num_scenes: int, batch_size: int = 16, see
     }
 
 
+def centre_inside(point: tuple[float, float], box) -> bool:
+    """Whether `point` (x, y) lies inside `box` (x1, y1, x2, y2), borders included."""
+    return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
+
+
 def rec_error_kinds(predictions: list[str], samples) -> dict:
     """
     Where REC answers land, as shares of the answers: `target` (IoU >= 0.5 with the named object: a hit),
@@ -190,17 +195,13 @@ def rec_error_kinds(predictions: list[str], samples) -> dict:
             continue
         box = bins_to_pixels(boxes[0][1], (sample["image_h"], sample["image_w"]))
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-
-        def holds(item):
-            return item[0] <= centre[0] <= item[2] and item[1] <= centre[1] <= item[3]
-
         if box_iou(box, target)[0, 0] >= 0.5:
             counts["target"] += 1
         elif others and box_iou(box, others).max() >= 0.5:
             counts["other_object"] += 1
-        elif holds(target):
+        elif centre_inside(centre, target):
             counts["centre_in_target"] += 1
-        elif any(holds(item) for item in others):
+        elif any(centre_inside(centre, item) for item in others):
             counts["centre_in_other"] += 1
         else:
             counts["elsewhere"] += 1

@@ -129,17 +129,13 @@ def evaluate(model, processor, num_scenes: int = 200, batch_size: int = 16, seed
         results[f"same_bbox_colour_{variant}"] = sum(
             colour in prediction.split() for colour, prediction in zip(colours, predictions)
         ) / len(samples)
-    rec = evaluate_rec(model, processor, num_scenes, batch_size, seed, scene_kwargs, rec_diagnostics)
-    rec_answers = rec.pop("rec_answers", None)
-    results.update(rec)
+    results.update(evaluate_rec(model, processor, num_scenes, batch_size, seed, scene_kwargs, rec_diagnostics))
     samples = eval_samples("roc_open", num_scenes, "box", SMALL_OBJECT_SCENES, seed=seed)
     names = class_names(samples)
     predictions = answer(model, processor, samples, batch_size)
     results["roc_small_objects_box"] = roc_accuracy(predictions, names)["accuracy"]
     results["roc_small_objects_box_colour"], results["roc_small_objects_box_shape"] = word_accuracy(predictions, names)
-    results = {key: round(value, 3) for key, value in results.items()}
-    if rec_answers is not None:
-        results["rec_answers"] = rec_answers
+    results = {key: value if isinstance(value, dict) else round(value, 3) for key, value in results.items()}
     results["num_scenes"] = num_scenes
     results["eval_seconds"] = round(time.perf_counter() - started)
     return results

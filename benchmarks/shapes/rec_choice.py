@@ -32,6 +32,7 @@ from transformers_ferret.synthetic_shapes import COLOURS, SHAPES  # noqa: E402
 
 PROBE_SEED = 9000
 POSITIONS = {"colour_token": -2, "shape_token": -1, "first_digit_query": 0}  # relative to the first digit query
+MAX_DIGITS = 12  # four 0..999 coordinates
 
 
 def collect(model, processor, num_scenes: int, pointer_layer: int, pointer_head: int, batch_size: int = 32) -> dict:
@@ -60,7 +61,7 @@ def collect(model, processor, num_scenes: int, pointer_layer: int, pointer_head:
                 continue
             first = queries[0].item()
             mass = (attention[b, queries] * found.targets[b, queries]).sum(-1)
-            masses.append(torch.nn.functional.pad(mass, (0, 12 - len(mass)), value=float("nan")))
+            masses.append(torch.nn.functional.pad(mass, (0, MAX_DIGITS - len(mass)), value=float("nan")))
             for name, offset in POSITIONS.items():
                 states[name].append(hidden[:, b, first + offset])
             image_positions = (batch["input_ids"][b] == image_id).nonzero().flatten()[: grid * grid]

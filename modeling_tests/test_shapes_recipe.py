@@ -66,6 +66,14 @@ def test_rec_pointer_loss_falls_when_training_with_it(tmp_path):
     assert not hasattr(AutoModelForImageTextToText.from_pretrained(tmp_path), "rec_readout_head")  # training-only
 
 
+def test_pointer_terms_without_the_pointer_are_refused_by_name(capsys):
+    import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--output-dir", "unused", "--rec-pointer-first-weight", "2", "--rec-pointer-name-weight", "2"])
+    assert "--rec-pointer-first-weight, --rec-pointer-name-weight needs --rec-pointer-weight > 0" in capsys.readouterr().err
+
+
 def test_small_object_share_mixes_rows_of_a_second_stream_with_small_objects_at_that_rate():
     from itertools import islice
 

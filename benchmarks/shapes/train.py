@@ -255,6 +255,12 @@ def main(argv=None):
     parser.add_argument("--coordinates-only", action="store_true",
                         help="ablation: the region token is a plain embedding, no region features")  # fmt: skip
     args = parser.parse_args(argv)
+    pointer_terms = {"--rec-pointer-first-weight": args.rec_pointer_first_weight,
+                     "--rec-pointer-name-weight": args.rec_pointer_name_weight,
+                     "--rec-readout-weight": args.rec_readout_weight}  # fmt: skip
+    if not args.rec_pointer_weight and any(pointer_terms.values()):  # they read the pointer head it sets up
+        given = ", ".join(name for name, weight in pointer_terms.items() if weight)
+        parser.error(f"{given} needs --rec-pointer-weight > 0 (the pointer head they supervise)")
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -43,6 +43,17 @@ def test_smoke_training_loss_falls_and_the_evaluation_runs(tmp_path):
     assert held_out["object_patch_colour_acc"] > 1 / 8  # the tower learned colour in 40 steps
 
 
+def test_any_resolution_builds_a_ferret_v2_from_scratch_too(tmp_path):
+    import train
+
+    summary = train.main(["--any-resolution", "--output-dir", str(tmp_path), "--max-steps", "2", "--batch-size", "2",
+                          "--turns-per-image", "1", "--threads", "1", "--workers", "0", "--aux-batch-size", "2"])  # fmt: skip
+    assert summary["any_resolution"] and summary["init_from"] is None
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert model.config.tile_vision_config is not None and model.config.image_grid_pinpoints  # tiles, not a v1
+    assert AutoProcessor.from_pretrained(tmp_path).image_processor.tile_size == model.config.vision_config.image_size
+
+
 def test_rec_pointer_loss_falls_when_training_with_it(tmp_path):
     import train
 

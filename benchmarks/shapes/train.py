@@ -240,7 +240,7 @@ def main(argv=None):
                         help="with the pointer: a linear read-out of the pointer head's output must give the box digits")
     parser.add_argument("--init-from", help="continue from this checkpoint (model + processor) instead of a new model")
     parser.add_argument("--any-resolution", action="store_true",
-                        help="with --init-from: turn the v1 checkpoint into a Ferret-v2 (recipe.to_any_resolution)")  # fmt: skip
+                        help="train a Ferret-v2: the --init-from checkpoint or the new model with tiles (recipe.to_any_resolution)")  # fmt: skip
     parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
                         help="object sizes in source pixels (default: the recipe's 20 80)")  # fmt: skip
     parser.add_argument("--small-object-share", type=float, default=0.0,
@@ -268,12 +268,12 @@ def main(argv=None):
         processor = AutoProcessor.from_pretrained(args.init_from)
         model = AutoModelForImageTextToText.from_pretrained(args.init_from)
         tokenizer = processor.tokenizer
-        if args.any_resolution:
-            model, processor = to_any_resolution(model, processor)
     else:
         tokenizer = train_tokenizer(extra_tokens=["<unused_region>"] if args.coordinates_only else ())
         processor = build_processor(tokenizer)
         model = build_model(tokenizer, args.vision, seed=args.seed)
+    if args.any_resolution:  # a new model too: its tile tower starts as a copy of the (stage-0) global tower
+        model, processor = to_any_resolution(model, processor)
     if args.sampler_init:
         model.model.region_sampler.load_state_dict(torch.load(args.sampler_init, weights_only=True))
     if args.coordinates_only:

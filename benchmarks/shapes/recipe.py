@@ -108,7 +108,7 @@ ANY_RESOLUTION_GRIDS = ((1, 2), (2, 1), (2, 2))
 
 
 def to_any_resolution(model, processor, grids=ANY_RESOLUTION_GRIDS):
-    """A Ferret-v2 made from a trained tiny Ferret v1, for the any-resolution ablation.
+    """A Ferret-v2 made from a tiny Ferret v1 (a trained one for the any-resolution ablation, or a new one).
 
     The tiles get their own encoder and projector, as in Ferret-v2: the tile encoder starts as a copy of the trained
     global tower (stage 0 stands in for both CLIP's and DINOv2's pretraining here), the tile projector as a copy of

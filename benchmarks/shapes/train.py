@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import datasets
@@ -82,9 +83,9 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         self.pointer_weight, self.pointer_layer, self.pointer_head = pointer_weight, pointer_layer, pointer_head
         self.readout_weight, self.pointer_first_weight = readout_weight, pointer_first_weight
         self.pointer_name_weight = pointer_name_weight
-        # REC pointer (all digits, first digit only, name tokens) and read-out losses since the last log
-        self.pointer_history, self.pointer_first_history, self.pointer_name_history = [], [], []
-        self.readout_history = []
+        # the auxiliary losses since the last log, by their name in the log: dense, REC pointer (all digits, first digit
+        # only, name tokens), read-out
+        self.loss_history = defaultdict(list)
         if pointer_weight:  # the pointer head's attention probabilities (and output), caught as its layer computes them
             self.digit_ids = digit_token_ids(self.processing_class.tokenizer)
             self.pointer_attention = self.pointer_output = None
@@ -95,7 +96,6 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         self.aux_box_weight, self.aux_box_digits = aux_box_weight, aux_box_digits
         self.scene_kwargs = scene_kwargs
         self.aux_rng = np.random.default_rng([aux_seed, 1])
-        self.aux_history = []  # dense losses since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.pointer_weight and model.training:
@@ -115,7 +115,7 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         )
         aux = dense_patch_loss(colour_logits, shape_logits, colours, shapes, self.aux_object_weight, box_predictions,
                                boxes, self.aux_box_weight, digit_logits if self.aux_box_digits else None)  # fmt: skip
-        self.aux_history.append(aux.item())
+        self.loss_history["aux_loss"].append(aux.item())
         if return_outputs:
             return result[0] + self.aux_weight * aux, result[1]
         return result + self.aux_weight * aux
@@ -142,19 +142,19 @@ class DenseAuxiliaryTrainer(SFTTrainer):
                                 model.config.image_token_id, grid, self.digit_ids)  # fmt: skip
         attention = self.pointer_attention[:, self.pointer_head]
         pointer = pointer_loss(attention, found.targets)
-        self.pointer_history.append(pointer.item())
+        self.loss_history["pointer_loss"].append(pointer.item())
         extra = self.pointer_weight * pointer
         if self.pointer_first_weight:
             pointer_first = pointer_loss(attention, found.targets & found.first_queries[..., None])
-            self.pointer_first_history.append(pointer_first.item())
+            self.loss_history["pointer_first_loss"].append(pointer_first.item())
             extra = extra + self.pointer_first_weight * pointer_first
         if self.pointer_name_weight:
             pointer_name = pointer_loss(attention, found.name_targets)
-            self.pointer_name_history.append(pointer_name.item())
+            self.loss_history["pointer_name_loss"].append(pointer_name.item())
             extra = extra + self.pointer_name_weight * pointer_name
         if self.readout_weight:
             readout = readout_loss(self.pointer_output, found.query_boxes, model.rec_readout_head)
-            self.readout_history.append(readout.item())
+            self.loss_history["readout_loss"].append(readout.item())
             extra = extra + self.readout_weight * readout
         self.pointer_attention = self.pointer_output = None
         if return_outputs:
@@ -162,11 +162,7 @@ class DenseAuxiliaryTrainer(SFTTrainer):
         return result + extra
 
     def log(self, logs, *args, **kwargs):
-        if self.aux_history and "loss" in logs:
-            logs["aux_loss"] = round(sum(self.aux_history) / len(self.aux_history), 4)
-            self.aux_history.clear()
-        for name, history in (("pointer_loss", self.pointer_history), ("pointer_first_loss", self.pointer_first_history),
-                              ("pointer_name_loss", self.pointer_name_history), ("readout_loss", self.readout_history)):
+        for name, history in self.loss_history.items():
             if history and "loss" in logs:
                 logs[name] = round(sum(history) / len(history), 4)
                 history.clear()
@@ -240,7 +236,7 @@ def main(argv=None):
                         help="with the pointer: a linear read-out of the pointer head's output must give the box digits")
     parser.add_argument("--init-from", help="continue from this checkpoint (model + processor) instead of a new model")
     parser.add_argument("--any-resolution", action="store_true",
-                        help="train a Ferret-v2: the --init-from checkpoint or the new model with tiles (recipe.to_any_resolution)")  # fmt: skip
+                        help="train a Ferret-v2 (recipe.to_any_resolution of the --init-from or the new model)")  # fmt: skip
     parser.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
                         help="object sizes in source pixels (default: the recipe's 20 80)")  # fmt: skip
     parser.add_argument("--small-object-share", type=float, default=0.0,

@@ -39,7 +39,7 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
     its position in that list (default: the order of `series`), so one run keeps its colour across panels."""
     colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
                (227, 119, 194), (127, 127, 127), (23, 190, 207), (188, 189, 34), (0, 0, 0), (128, 0, 0),
-               (0, 128, 128), (128, 128, 0), (255, 0, 255), (0, 0, 128)]
+               (0, 128, 128), (128, 128, 0), (255, 0, 255), (0, 0, 128), (0, 200, 90), (255, 190, 0)]
     left, top, right, bottom = box
     font, small = _font(14), _font(11)
     plot_left, plot_top, plot_right, plot_bottom = left + 62, top + 28, right - 12, bottom - 42

@@ -66,11 +66,13 @@ def test_rec_pointer_loss_falls_when_training_with_it(tmp_path):
                           "--rec-pointer-layer", "2", "--rec-pointer-head", "3"])  # fmt: skip
     pointer = [entry["pointer_loss"] for entry in summary["log"]]
     assert len(pointer) == 3 and pointer[-1] < pointer[0], pointer  # the head learns to look at the boxes' patches
-    # the first-digit term is measured on its own (a fresh head spreads its attention: -log of a small mass)
+    # the first-digit and name-token terms are measured on their own: while the head is fresh (the first logging window)
+    # it spreads its attention, -log of a small mass; how fast they fall after that depends on the shipped weights
     first = [entry["pointer_first_loss"] for entry in summary["log"]]
-    assert len(first) == 3 and all(value > 0.5 for value in first), first
     names = [entry["pointer_name_loss"] for entry in summary["log"]]
-    assert len(names) == 3 and all(value > 0.5 for value in names), names
+    assert len(first) == 3 and first[0] > 0.5 and all(0 < value < 20 for value in first), first
+    assert len(names) == 3 and names[0] > 0.5 and all(0 < value < 20 for value in names), names
+    assert first != names and first != pointer, (first, names, pointer)
     readout = [entry["readout_loss"] for entry in summary["log"]]
     # the read-out is computed on real box digits (0 if it found none): a fresh head starts near chance, ln 10 per digit
     assert len(readout) == 3 and all(abs(value - math.log(10)) < 0.3 for value in readout), readout

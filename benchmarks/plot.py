@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import math
 
 from PIL import Image, ImageDraw, ImageFont
@@ -31,15 +32,25 @@ def _label(value: float) -> str:
     return f"{value:g}" if abs(value) < 1e6 else f"{value:.3g}"  # 10000 and 12000, not 1e+04 twice
 
 
+PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (23, 190, 207), (188, 189, 34), (0, 0, 0), (128, 0, 0),
+           (0, 128, 128), (128, 128, 0), (255, 0, 255), (0, 0, 128), (0, 200, 90), (255, 190, 0)]
+
+
+def run_colour(index: int) -> tuple[int, int, int]:
+    """The colour of the `index`-th run: the palette's, then hues a golden-ratio step apart, so no two runs share one."""
+    if index < len(PALETTE):
+        return PALETTE[index]
+    hue = ((index - len(PALETTE)) * 0.618034) % 1.0
+    return tuple(round(255 * channel) for channel in colorsys.hsv_to_rgb(hue, 0.85, 0.75))
+
+
 def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series: dict[str, tuple[list, list]],
                title: str, xlabel: str, ylabel: str, log2_x: bool = False, y_max: float | None = None,
                colour_order: list[str] | None = None) -> None:  # fmt: skip
     """Draws `series` (`name -> (xs, ys)`) as lines with markers in the pixel `box` (left, top, right, bottom).
     `y_max` fixes the top of the y axis (default: the data's maximum); `colour_order` gives each name its colour by
     its position in that list (default: the order of `series`), so one run keeps its colour across panels."""
-    colours = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127), (23, 190, 207), (188, 189, 34), (0, 0, 0), (128, 0, 0),
-               (0, 128, 128), (128, 128, 0), (255, 0, 255), (0, 0, 128), (0, 200, 90), (255, 190, 0)]
     left, top, right, bottom = box
     font, small = _font(14), _font(11)
     plot_left, plot_top, plot_right, plot_bottom = left + 62, top + 28, right - 12, bottom - 42
@@ -80,7 +91,7 @@ def line_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], series
     draw._image.paste(rotated, (left + 4, plot_top), rotated)
     order = colour_order or list(series)
     for index, (name, (xs, ys)) in enumerate(series.items()):
-        colour = colours[order.index(name) % len(colours)]
+        colour = run_colour(order.index(name))
         points = [px(x, y) for x, y in zip(xs, ys) if y is not None]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)

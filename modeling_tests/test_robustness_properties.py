@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.extra.numpy import arrays
@@ -127,6 +127,7 @@ _ANY_REGION = st.one_of(
 
 @SETTINGS
 @given(size=st.tuples(st.integers(1, 40), st.integers(1, 40)), regions=st.lists(_ANY_REGION, min_size=1, max_size=3))
+@example(size=(2, 1), regions=[np.full((2, 1), 1)])  # a mask of a 2x1 image has two values, yet it is no point
 def test_arbitrary_regions_either_work_or_raise_an_error_naming_regions(processor, size, regions):
     height, width = size
     try:
@@ -134,8 +135,9 @@ def test_arbitrary_regions_either_work_or_raise_an_error_naming_regions(processo
     except (ValueError, TypeError) as error:
         assert "`regions`" in str(error), error
         return
-    kinds = ["point" if np.size(np.asarray(region.get("point", region) if isinstance(region, dict) else region)) == 2
-             else "mask" if np.ndim(region) == 2 else "box" for region in regions]  # fmt: skip
+    kinds = ["mask" if np.ndim(region) == 2
+             else "point" if np.size(np.asarray(region.get("point", region) if isinstance(region, dict) else region)) == 2
+             else "box" for region in regions]  # fmt: skip
     _check_outputs(outputs, height, width, regions, kinds)
 
 

@@ -54,6 +54,22 @@ def test_any_resolution_builds_a_ferret_v2_from_scratch_too(tmp_path):
     assert AutoProcessor.from_pretrained(tmp_path).image_processor.tile_size == model.config.vision_config.image_size
 
 
+def test_bf16_autocast_training_changes_the_numerics_but_not_the_losses(tmp_path):
+    """S3 trains with `--bf16`: autocast must really run (other losses than float32's) and stay close to float32."""
+    import train
+
+    def losses(precision):
+        summary = train.main([precision, "--output-dir", str(tmp_path / precision), "--max-steps", "4", "--seed", "5",
+                              "--batch-size", "2", "--turns-per-image", "2", "--logging-steps", "2", "--threads", "1",
+                              "--workers", "0", "--aux-batch-size", "2"])  # fmt: skip
+        return [(entry["loss"], entry["aux_loss"]) for entry in summary["log"]]
+
+    bf16, fp32 = losses("--bf16"), losses("--no-bf16")
+    assert len(bf16) == len(fp32) == 2 and bf16 != fp32, (bf16, fp32)
+    for got, want in zip(bf16, fp32):
+        assert got == pytest.approx(want, rel=0.02), (bf16, fp32)
+
+
 def test_rec_pointer_loss_falls_when_training_with_it(tmp_path):
     import train
 

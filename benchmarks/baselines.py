@@ -1,9 +1,9 @@
 """Reference implementations the benchmarks compare against, written for the benchmarks only.
 
 `loop_region_sampler` computes exactly what `FerretRegionSampler` computes, with the weights of a given sampler, but
-structured as the original Ferret code's `GeoRegionSampler.forward` is (`../shared/reference/ferret_original_code.md`
-§2.3): images one at a time, the image's feature map repeated once per region (`[n_regions, C, H, W]`), one
-`grid_sample` over that stack, then farthest point sampling, kNN, grouping, the `Conv1d(kernel 1)` fusion, LayerNorm
+structured as the original Ferret code's `GeoRegionSampler.forward` is (apple/ml-ferret, `ferret/model/ferret_arch.py`):
+images one at a time, the image's feature map repeated once per region (`[n_regions, C, H, W]`), one `grid_sample`
+over that stack, then farthest point sampling, kNN, grouping, the `Conv1d(kernel 1)` fusion, LayerNorm
 and pooling for one region at a time. Nothing is vectorised across regions.
 """
 

@@ -7,7 +7,8 @@ output that breaks an invariant, a case slower than `--slow-seconds`) is unexpec
     python benchmarks/fuzz.py                    # 12,000 cases, seed 0
     python benchmarks/fuzz.py --cases 50000 --seed 3
 
-Runs offline with the tiny tokenizer of `../shared/parity/ferret_tiny` (override with `--parity-dir`).
+Runs offline with the tiny tokenizer of `modeling_tests/fixtures/original_ferret/ferret_tiny` (override with
+`--parity-dir`).
 """
 
 import argparse
@@ -346,7 +347,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processor-share", type=float, default=0.4, help="share of processor cases")
     parser.add_argument("--slow-seconds", type=float, default=5.0, help="a case slower than this is unexpected")
-    parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "parity")
+    parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[1] / "modeling_tests" / "fixtures" / "original_ferret")
     args = parser.parse_args(argv)
 
     warnings.simplefilter("ignore")

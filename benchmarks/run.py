@@ -50,6 +50,8 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
+# The tiny SentencePiece tokenizer of the original-format checkpoint in the parity fixtures.
+TINY_ORIGINAL_TOKENIZER = REPO / "modeling_tests" / "fixtures" / "original_ferret" / "ferret_tiny"
 sys.path.insert(0, str(BENCH_DIR))
 
 import models as bench_models  # noqa: E402
@@ -612,7 +614,7 @@ def bench_training(plan: Plan, table: Table) -> dict:
 
     from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
-    tokenizer = convert_original_tokenizer(REPO.parent / "shared" / "parity" / "ferret_tiny")
+    tokenizer = convert_original_tokenizer(TINY_ORIGINAL_TOKENIZER)
     shape = replace(plan.train_shape, vocab_size=len(tokenizer))
     assert shape.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
     assert shape.region_token_id == tokenizer.convert_tokens_to_ids("<region_fea>")
@@ -712,7 +714,7 @@ def bench_processor(plan: Plan, table: Table) -> dict:
     from transformers_ferret import FerretImageProcessorPil, FerretProcessor
     from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
-    tokenizer = convert_original_tokenizer(REPO.parent / "shared" / "parity" / "ferret_tiny")
+    tokenizer = convert_original_tokenizer(TINY_ORIGINAL_TOKENIZER)
     processor = FerretProcessor(image_processor=FerretImageProcessorPil(), tokenizer=tokenizer)
     width, height = plan.processor_size
     rng = np.random.default_rng(0)

@@ -3,12 +3,13 @@
 from pathlib import Path
 
 import pytest
+from tiny_models import ORIGINAL_FERRET_FIXTURES
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    """Reference outputs of the original Ferret code: `shared/parity`, checked out beside this repository."""
-    return Path(__file__).resolve().parents[1].parent / "shared" / "parity"
+    """Reference outputs of the original Ferret code, in the repository: `modeling_tests/fixtures/original_ferret`."""
+    return ORIGINAL_FERRET_FIXTURES
 
 
 def pytest_configure(config):

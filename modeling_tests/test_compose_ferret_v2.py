@@ -44,8 +44,10 @@ from transformers_ferret.chat_templates import (
 )
 from transformers_ferret.processing_ferret import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT
 
+from tiny_models import ORIGINAL_FERRET_FIXTURES
+
 REPO = Path(__file__).resolve().parents[1]
-PARITY = REPO.parent / "shared" / "parity"
+PARITY = ORIGINAL_FERRET_FIXTURES
 SIDE, PATCH = 28, 14  # global view and tile side, CLIP and DINOv2 patch: 2 x 2 patches, 4 tokens per view
 CORPUS = [
     "A chat between a human and an AI that understands visuals. Follow instructions.",

@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tiny_models import ORIGINAL_FERRET_FIXTURES
+
 REPO = Path(__file__).resolve().parents[1]
-PARITY = REPO.parent / "shared" / "parity"
+PARITY = ORIGINAL_FERRET_FIXTURES
 BASE_VOCAB = 500  # the tiny Vicuna stand-in; the Ferret delta adds <region_fea> = 500
 
 

@@ -1,4 +1,4 @@
-"""Parity with the original apple/ml-ferret code on ../shared/parity: conversion + model reproduce its numbers.
+"""Parity with the original apple/ml-ferret code (`fixtures/original_ferret`): conversion + model reproduce its numbers.
 
 The fixtures were produced by the original code with two determinism patches (farthest point sampling starts
 at index 0; masks with fewer than 512 pixels are repeated cyclically), which are our sampler's defaults.
@@ -23,8 +23,10 @@ from transformers_ferret.modeling_ferret_sampler import (
 )
 from transformers_ferret.processing_ferret import FerretProcessor
 
+from tiny_models import ORIGINAL_FERRET_FIXTURES
+
 REPO = Path(__file__).resolve().parents[1]
-PARITY = REPO.parent / "shared" / "parity"
+PARITY = ORIGINAL_FERRET_FIXTURES
 ORIGINAL_VOCAB = 501
 IMAGE_TOKENS = 64
 

@@ -1,5 +1,7 @@
 """Tiny random Ferret models and inputs for offline tests (no download, a few hundred kB of weights)."""
 
+from pathlib import Path
+
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig
 
@@ -13,6 +15,8 @@ IMAGE_SIZE = 28
 PATCH_SIZE = 14
 NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 NUM_POINTS = 16
+# Outputs of Apple's original Ferret code on a tiny original-format checkpoint (see its README.md and generate.py).
+ORIGINAL_FERRET_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "original_ferret"
 
 
 def tiny_ferret_config(**overrides) -> FerretConfig:

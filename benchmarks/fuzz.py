@@ -347,7 +347,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--processor-share", type=float, default=0.4, help="share of processor cases")
     parser.add_argument("--slow-seconds", type=float, default=5.0, help="a case slower than this is unexpected")
-    parser.add_argument("--parity-dir", type=Path, default=Path(__file__).resolve().parents[1] / "modeling_tests" / "fixtures" / "original_ferret")
+    fixtures = Path(__file__).resolve().parents[1] / "modeling_tests" / "fixtures" / "original_ferret"
+    parser.add_argument("--parity-dir", type=Path, default=fixtures)
     args = parser.parse_args(argv)
 
     warnings.simplefilter("ignore")

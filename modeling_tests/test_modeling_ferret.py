@@ -103,24 +103,34 @@ def test_generate_with_cache_equals_generate_without_cache(model):
     assert cached.tolist() == uncached.tolist()
 
 
-def test_generate_hands_the_language_model_its_cache_under_one_name_without_deprecation_warnings(model):
-    import warnings
+def test_generate_logs_no_deprecation_warning(model):
+    """transformers 5.25 renamed `past_key_values` to `cache` and logs a deprecation warning (once per process) when
+    a model takes or reads the old name; a plain `generate` must not trigger it."""
+    import logging as std_logging
 
-    inputs = batch_inputs([make_sample(2, seed=8)])
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
-        model.generate(**inputs, max_new_tokens=4, do_sample=False, use_cache=True)
-    messages = [str(warning.message) for warning in caught]
-    assert not [message for message in messages if "past_key_values" in message], messages
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.warning_once.cache_clear()  # the warning is logged once per process: forget earlier tests' calls
+    records = []
+    handler = std_logging.Handler()
+    handler.emit = records.append
+    hf_logging.get_logger("transformers").addHandler(handler)
+    try:
+        with torch.no_grad():
+            model.generate(**batch_inputs([make_sample(2, seed=8)]), max_new_tokens=4, do_sample=False, use_cache=True)
+            model(**batch_inputs([make_sample(1, seed=9)]), use_cache=True).cache  # what our own code reads
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(handler)
+    assert [record.getMessage() for record in records if "deprecated" in record.getMessage()] == []
 
 
-def test_a_decode_step_with_past_key_values_given_by_hand_equals_the_full_forward(model):
+def test_a_decode_step_with_the_cache_given_by_hand_equals_the_full_forward(model):
     inputs = batch_inputs([make_sample(2, seed=8)])
     next_token = torch.tensor([[5]])
     attention_mask = torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)
     with torch.no_grad():
         prefill = model(**inputs, use_cache=True)
-        step = model(input_ids=next_token, attention_mask=attention_mask, past_key_values=prefill.past_key_values)
+        step = model(input_ids=next_token, attention_mask=attention_mask, cache=prefill.cache)
         full = model(**{**inputs, "input_ids": torch.cat([inputs["input_ids"], next_token], 1), "attention_mask": attention_mask})
     torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-4)
 
@@ -162,6 +172,23 @@ def test_inputs_embeds_path_equals_input_ids_path(model):
     torch.testing.assert_close(from_embeds, from_ids)
 
 
+def test_loss_never_counts_image_or_region_placeholder_positions():
+    """Labels copied from `input_ids` (as TRL's default collator makes them) give the loss of the same labels with
+    every `<image>` and region-token position set to -100: placeholders carry features, not text to predict."""
+    model = tiny_ferret_model(seed=1)
+    inputs = batch_inputs([make_sample(2, seed=15), make_sample(1, seed=16)])
+    ids = inputs["input_ids"]
+    placeholders = (ids == IMAGE_TOKEN_ID) | (ids == REGION_TOKEN_ID)
+    assert placeholders.sum() > (~placeholders).sum() / 4  # the check below would be weak without many of them
+    with torch.no_grad():
+        copied = model(**inputs, labels=ids.clone())
+        masked = model(**inputs, labels=ids.masked_fill(placeholders, -100))
+        logits = copied.logits[:, :-1].flatten(0, 1)
+        counted_all = torch.nn.functional.cross_entropy(logits, ids[:, 1:].flatten())
+    torch.testing.assert_close(copied.loss, masked.loss, rtol=0, atol=0)
+    assert abs(copied.loss - counted_all) > 1e-3  # the placeholders would change the loss if they counted
+
+
 def test_loss_uses_labels_and_backpropagates_to_sampler_and_projector():
     model = tiny_ferret_model(seed=1).train()
     inputs = batch_inputs([make_sample(1, seed=14)])
@@ -169,7 +196,9 @@ def test_loss_uses_labels_and_backpropagates_to_sampler_and_projector():
     labels[:, :-3] = -100
     output = model(**inputs, labels=labels)
     shifted = output.logits[:, :-1].flatten(0, 1)
-    expected = torch.nn.functional.cross_entropy(shifted, labels[:, 1:].flatten(), ignore_index=-100)
+    text_labels = labels.masked_fill(labels == REGION_TOKEN_ID, -100)  # the region token among the last 3 is not text
+    assert (text_labels[:, 1:] != -100).sum() == 2
+    expected = torch.nn.functional.cross_entropy(shifted, text_labels[:, 1:].flatten(), ignore_index=-100)
     torch.testing.assert_close(output.loss, expected)
     output.loss.backward()
     for name in ("region_sampler.layers.0.fusion.weight", "region_sampler.flatten_projection.weight",

@@ -34,4 +34,5 @@ def test_fixtures_hold_the_six_original_cases_and_their_checkpoint():
     listed = _listed_checksums()
     cases = sorted(name for name in listed if name.startswith("cases/") and name.endswith(".safetensors"))
     assert [name.split("/")[1].split("_")[0] for name in cases] == ["01", "02", "03", "04", "05", "06"]
-    assert {"ferret_tiny/pytorch_model.bin", "ferret_tiny/tokenizer.model", "clip_tiny/pytorch_model.bin"} <= set(listed)
+    checkpoint = {"ferret_tiny/pytorch_model.bin", "ferret_tiny/tokenizer.model", "clip_tiny/pytorch_model.bin"}
+    assert checkpoint <= set(listed)

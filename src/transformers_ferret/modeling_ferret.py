@@ -25,6 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_ferret import FerretConfig
@@ -100,7 +101,7 @@ class FerretCausalLMOutputWithPast(ModelOutput):
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.Tensor] | None = None
     attentions: tuple[torch.Tensor] | None = None
     image_hidden_states: torch.Tensor | None = None
@@ -133,7 +134,7 @@ class FerretPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _no_split_modules = ["FerretRegionSampler"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -439,13 +440,14 @@ class FerretModel(FerretPreTrainedModel):
         return slots.unsqueeze(0) < region_counts.unsqueeze(1)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         region_points: torch.FloatTensor | None = None,
         region_counts: torch.LongTensor | None = None,
@@ -506,14 +508,12 @@ class FerretModel(FerretPreTrainedModel):
         elif self.training and pixel_values is not None:
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
 
-        if past_key_values is not None:  # transformers >= 5.25 passes the cache as `cache` (in kwargs) and deprecates
-            kwargs["past_key_values"] = past_key_values  # this name: give the language model only the one it got
         outputs = self.language_model(
-            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+            attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs
         )
         return FerretModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -561,13 +561,14 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         )
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         region_points: torch.FloatTensor | None = None,
         region_counts: torch.LongTensor | None = None,
@@ -589,7 +590,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             region_points=region_points,
             region_counts=region_counts,
@@ -608,19 +609,30 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             logits = torch.tanh(logits / softcap) * softcap
         loss = None
         if labels is not None:
+            labels = self.ignore_placeholder_labels(labels)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
         return FerretCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
             region_hidden_states=outputs.region_hidden_states,
             image_outputs=outputs.image_outputs,
         )
+
+    def ignore_placeholder_labels(self, labels: torch.LongTensor) -> torch.LongTensor:
+        """`labels` (`(batch_size, sequence_length)`) with every `<image>` and region-token position set to -100.
+
+        Those positions hold image and region features, not text to predict, so they never count in the loss, whatever
+        collator built the labels (TRL's default VLM collator copies `input_ids`, where `<image>` tokens are most of
+        the sequence).
+        """
+        placeholders = torch.tensor([self.config.image_token_id, self.config.region_token_id], device=labels.device)
+        return labels.masked_fill(torch.isin(labels, placeholders), -100)
 
     def prepare_inputs_for_generation(
         self,

@@ -5,10 +5,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import torch
 from tiny_models import IMAGE_TOKEN_ID, REGION_TOKEN_ID, batch_inputs, make_sample, tiny_ferret_model
 
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import transformers_ferret
 from transformers_ferret import FerretImageProcessorPil, FerretProcessor
 from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
 
@@ -66,3 +71,91 @@ def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path, parit
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=300)
     assert result.returncode == 0 and "REMOTE_OK" in result.stdout, result.stderr[-3000:]
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "examples" / "checkpoints" / "ferret-shapes-tiny"
+BLOCK_PACKAGE = 'import sys; sys.modules["transformers_ferret"] = None  # only the folder\'s own code can be used\n'
+
+
+def _run_without_package(code: str, tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                   "HF_MODULES_CACHE": str(tmp_path / "modules")}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(code)], capture_output=True, text=True,
+        env=environment, timeout=timeout, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_shipped_checkpoint_carries_the_code_files_and_auto_map_save_pretrained_writes(tmp_path):
+    """The shipped folder names every Ferret Auto class in `auto_map`, as a fresh `save_pretrained` does, and its code
+    files are exactly the ones that save writes, as symlinks to the package's modules (so they cannot drift)."""
+    model = AutoModelForImageTextToText.from_pretrained(SHIPPED)
+    AutoProcessor.from_pretrained(SHIPPED).save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    assert sorted(path.name for path in SHIPPED.glob("*.py")) == sorted(path.name for path in tmp_path.glob("*.py"))
+    package = Path(transformers_ferret.__file__).resolve().parent
+    for code in SHIPPED.glob("*.py"):
+        assert code.is_symlink(), f"{code.name} must link to the package's module, not be a copy that can drift"
+        assert code.read_bytes() == (package / code.name).read_bytes(), code.name
+    for name in ("config.json", "processor_config.json", "tokenizer_config.json"):
+        shipped, saved = (json.loads((folder / name).read_text()) for folder in (SHIPPED, tmp_path))
+        assert shipped.get("auto_map") == saved["auto_map"], name
+
+
+def test_shipped_checkpoint_generates_the_same_tokens_without_the_package(tmp_path):
+    image = np.zeros((96, 128, 3), dtype=np.uint8)
+    image[20:60, 30:80] = (220, 40, 40)
+    np.save(tmp_path / "image.npy", image)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the object <region>?"}]}]
+    (tmp_path / "messages.json").write_text(json.dumps(messages))
+    generate = """
+        import json, numpy as np, torch
+        from PIL import Image
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        folder = {folder!r}
+        model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        prompt = processor.apply_chat_template(json.load(open("messages.json")), add_generation_prompt=True)
+        inputs = processor(images=Image.fromarray(np.load("image.npy")), text=prompt, regions=[(30, 20, 79, 59)],
+                           return_tensors="pt")
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        print("TOKENS", output[0, inputs["input_ids"].shape[1]:].tolist(), type(model).__module__)
+    """.format(folder=str(SHIPPED))
+    alone = _run_without_package(generate, tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    in_package = subprocess.run([sys.executable, "-c", "import transformers_ferret\n" + textwrap.dedent(generate)],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert in_package.returncode == 0, in_package.stderr[-3000:]
+    tokens_alone, module_alone = alone.stdout.split("TOKENS ")[1].rsplit(" ", 1)
+    tokens_package, module_package = in_package.stdout.split("TOKENS ")[1].rsplit(" ", 1)
+    assert module_alone.startswith("transformers_modules") and module_package.startswith("transformers_ferret")
+    assert tokens_alone == tokens_package and len(json.loads(tokens_alone)) > 0
+
+
+def test_trl_sft_cli_trains_the_shipped_checkpoint_without_the_package(tmp_path):
+    """`trl sft` as its docs show it, on a local image dataset, in a process that cannot import transformers_ferret:
+    the folder's own code and `auto_map` are all TRL gets."""
+    from datasets import Dataset
+    from PIL import Image
+
+    rows = []
+    for seed in range(4):
+        pixels = np.random.default_rng(seed).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+        rows.append({
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "It is red."}]},
+            ],
+            "images": [Image.fromarray(pixels)],
+        })  # fmt: skip
+    (tmp_path / "data").mkdir()
+    Dataset.from_list(rows).to_parquet(tmp_path / "data" / "train.parquet")
+    arguments = ["sft", "--model_name_or_path", str(SHIPPED), "--trust_remote_code", "--dataset_name", "data",
+                 "--max_steps", "2", "--per_device_train_batch_size", "2", "--output_dir", "out", "--report_to", "none",
+                 "--logging_steps", "1", "--save_strategy", "no", "--use_cpu", "--bf16", "false"]  # fmt: skip
+    result = _run_without_package(f"sys.argv = ['trl', *{arguments!r}]\nfrom trl.cli import main\nmain()", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Training completed" in result.stdout, result.stdout[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "out" / "modeling_ferret.py").is_file()

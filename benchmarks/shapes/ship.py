@@ -5,13 +5,17 @@
         examples/checkpoints/ferret-shapes-tiny/eval.json
 
 Weights are stored in float16 (half the size) and loaded as float32 (`dtype` in config.json), so the shipped model
-computes in float32 with float16-rounded weights; its table row is measured on exactly these files. The copies of the
-modeling code that `save_pretrained` writes for `trust_remote_code` are left out (the package is installed next to
-the checkpoint; `import transformers_ferret` registers the classes), together with the `auto_map` that points at them.
+computes in float32 with float16-rounded weights; its table row is measured on exactly these files.
+
+The folder stays portable: it keeps the `auto_map` that `save_pretrained` writes and the code files it names, so it
+loads with `trust_remote_code=True` where `transformers_ferret` is not installed (third-party CLIs such as `trl sft`).
+Inside this repository the code files are relative symlinks to the package's own modules, so they never drift from it
+(`modeling_tests/test_remote_code.py` checks both).
 """
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -26,20 +30,27 @@ def ship(model_dir: str | Path, output: str | Path) -> Path:
     processor = AutoProcessor.from_pretrained(model_dir)
     model.to(torch.float16).save_pretrained(output)
     processor.save_pretrained(output)
-    for code in output.glob("*.py"):
-        code.unlink()
     config_path = output / "config.json"
     config = json.loads(config_path.read_text())
-    config.pop("auto_map", None)
     config["dtype"] = "float32"
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    for name in ("processor_config.json", "tokenizer_config.json"):
-        path = output / name
-        if path.exists():
-            data = json.loads(path.read_text())
-            if data.pop("auto_map", None) is not None:
-                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    link_code_files(output)
     return output
+
+
+def link_code_files(folder: Path) -> list[Path]:
+    """Replace the code copies `save_pretrained` wrote into `folder` with relative symlinks to the package's modules
+    (when the package is a source checkout), so the shipped folder always runs the code of the commit it is in."""
+    package = Path(transformers_ferret.__file__).resolve().parent
+    linked = []
+    for code in sorted(Path(folder).glob("*.py")):
+        source = package / code.name
+        if not source.is_file():
+            raise FileNotFoundError(f"{code.name} in {folder} is not a module of {package}")
+        code.unlink()
+        code.symlink_to(os.path.relpath(source, code.parent.resolve()))
+        linked.append(code)
+    return linked
 
 
 def main(argv=None):

@@ -1,0 +1,1 @@
+../../../src/transformers_ferret/configuration_ferret.py

@@ -1,0 +1,1 @@
+../../../src/transformers_ferret/image_processing_ferret.py

@@ -1,0 +1,1 @@
+../../../src/transformers_ferret/processing_ferret.py

@@ -352,7 +352,8 @@ def bench_decode(plan: Plan, table: Table) -> dict:
 
 def prefill_call(model, inputs: dict):
     def call():
-        with torch.inference_mode():
+        # no_grad rather than inference_mode: a fullgraph-compiled model cannot be traced under inference_mode
+        with torch.no_grad():
             model(**inputs, logits_to_keep=1, use_cache=True)
 
     return call
@@ -846,6 +847,38 @@ def bench_backends(plan: Plan, table: Table) -> dict:
                compiled_ms_per_token=compiled_ms, same_tokens=same, model=shape.describe())  # fmt: skip
     except Exception as error:  # noqa: BLE001
         record("torch_compile_static_cache", "fails", _reason(error))
+
+    # torch.compile(fullgraph=True) of the image + region prefill: one graph, compile time, compiled vs eager
+    try:
+        shape = plan.compile_shape
+        model = bench_models.ferret(shape)
+        inputs = bench_models.ferret_v1_inputs(shape, 2)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True, backend=plan.compile_backend)
+        with tempfile.TemporaryDirectory() as cache_dir, torch.no_grad():
+            previous_cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir  # cold: the first call compiles
+            try:
+                start = time.perf_counter()
+                compiled_logits = compiled(**inputs, logits_to_keep=1, use_cache=True).logits
+                first_call = time.perf_counter() - start
+            finally:
+                if previous_cache is None:
+                    os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+                else:
+                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous_cache
+            difference = float((compiled_logits - model(**inputs, logits_to_keep=1).logits).abs().max())
+        times = interleaved({"eager": prefill_call(model, inputs), "compiled": prefill_call(compiled, inputs)},
+                            plan.prefill_repeats)  # fmt: skip
+        eager_s, compiled_s = median(times["eager"]), median(times["compiled"])
+        record("torch_compile_fullgraph_prefill", "works" if difference <= 1e-4 else "fails",
+               f"backend {plan.compile_backend}, image + 2 regions: first call {first_call:.1f} s (compiling), then "
+               f"{compiled_s:.3f} s vs eager {eager_s:.3f} s per prefill ({eager_s / compiled_s:.2f}x); max abs diff "
+               f"of logits {difference:.1e}", backend=plan.compile_backend, compile_seconds=first_call,
+               eager_seconds=times["eager"], compiled_seconds=times["compiled"], max_abs_difference=difference,
+               model=shape.describe())  # fmt: skip
+    except Exception as error:  # noqa: BLE001
+        record("torch_compile_fullgraph_prefill", "fails", _reason(error))
 
     # bf16 / fp16 loading
     model = bench_models.ferret(load_shape)

@@ -177,6 +177,25 @@ def test_region_sampler_offloaded_to_disk_gives_the_in_memory_region_features(sa
     torch.testing.assert_close(offloaded.logits, expected.logits)
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_fullgraph_compiled_forward_with_image_and_regions_equals_eager(training):
+    """`torch.compile(fullgraph=True)` traces the image + region path as one graph (no data-dependent branch or
+    shape), for a batch whose samples have 2, 1 and no regions; outputs (and the loss in training) equal eager's.
+    The compiled model is called first, on a fresh model, as a user would."""
+    torch._dynamo.reset()
+    model = tiny_ferret_model(seed=2).train(training)
+    inputs = batch_inputs([make_sample(2, seed=3), make_sample(1, seed=4), make_sample(0, seed=5)])
+    labels = inputs["input_ids"].clone() if training else None
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # tracing is the point; inductor is slow
+    with torch.set_grad_enabled(training):
+        traced = compiled(**inputs, labels=labels)
+        eager = model(**inputs, labels=labels)
+    torch.testing.assert_close(traced.logits, eager.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(traced.region_hidden_states, eager.region_hidden_states, rtol=1e-4, atol=1e-4)
+    if training:
+        torch.testing.assert_close(traced.loss, eager.loss, rtol=1e-4, atol=1e-4)
+
+
 def test_benchmark_quick_run_reports_every_section(tmp_path):
     output, plot = tmp_path / "results.json", tmp_path / "growth.png"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")

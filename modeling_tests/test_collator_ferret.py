@@ -221,7 +221,7 @@ def test_region_counts_equal_region_tokens(processor):
     model = FerretForConditionalGeneration(config).eval()
     with torch.no_grad():
         outputs = model(**batch)
-    assert outputs.region_hidden_states.shape[0] == 3 and torch.isfinite(outputs.loss)
+    assert outputs.region_hidden_states.shape[:2] == (3, 2) and torch.isfinite(outputs.loss)
 
 
 def test_max_length_drops_cut_regions_and_refuses_to_cut_images(processor):

@@ -379,7 +379,7 @@ def test_forward_and_generate_with_an_image_and_a_region(composed):
     with torch.no_grad():
         output = composed.model(**inputs)
         generated = composed.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert torch.isfinite(output.logits).all() and output.region_hidden_states.shape[0] == 1
+    assert torch.isfinite(output.logits).all() and output.region_hidden_states.shape[:2] == (1, 1)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
     assert (generated[0, inputs["input_ids"].shape[1] :] != composed.model.config.image_token_id).all()
 

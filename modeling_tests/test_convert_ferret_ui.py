@@ -250,7 +250,7 @@ def test_chat_forward_and_generate_with_a_region(converted):
     with torch.no_grad():
         output = converted.model(**inputs)
         generated = converted.model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
-    assert output.region_hidden_states.shape == (1, HIDDEN) and torch.isfinite(output.logits).all()
+    assert output.region_hidden_states.shape == (1, 1, HIDDEN) and torch.isfinite(output.logits).all()
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
 
 

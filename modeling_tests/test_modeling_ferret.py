@@ -37,15 +37,15 @@ def test_region_features_replace_region_token_embeddings_in_order(model):
     embeds = captured["inputs_embeds"][0]
     region_rows = (inputs["input_ids"][0] == REGION_TOKEN_ID).nonzero().squeeze(-1)
     image_rows = (inputs["input_ids"][0] == IMAGE_TOKEN_ID).nonzero().squeeze(-1)
-    torch.testing.assert_close(embeds[region_rows], output.region_hidden_states, rtol=0, atol=0)
+    assert output.region_hidden_states.shape == (1, 2, model.config.text_config.hidden_size)  # one row of 2 slots
+    torch.testing.assert_close(embeds[region_rows], output.region_hidden_states[0], rtol=0, atol=0)
     torch.testing.assert_close(embeds[image_rows], output.image_hidden_states, rtol=0, atol=0)
-    assert output.region_hidden_states.shape == (2, model.config.text_config.hidden_size)
     # the two regions differ, so their features differ, and swapping their points swaps the features
     swapped = dict(inputs, region_points=inputs["region_points"].flip(1))
     with torch.no_grad():
         swapped_output = model(**swapped)
-    torch.testing.assert_close(swapped_output.region_hidden_states, output.region_hidden_states.flip(0))
-    assert not torch.allclose(output.region_hidden_states[0], output.region_hidden_states[1])
+    torch.testing.assert_close(swapped_output.region_hidden_states, output.region_hidden_states.flip(1))
+    assert not torch.allclose(output.region_hidden_states[0, 0], output.region_hidden_states[0, 1])
 
 
 def test_outputs_carry_the_image_encoder_outputs_as_get_image_features_returns_them(model):

@@ -301,7 +301,7 @@ class FerretModelWithRegionsTest(FerretModelTest):
         model = FerretModel(config).to(torch_device).eval()
         with torch.no_grad():
             outputs = model(**inputs_dict)
-        expected_shape = (sum(self.model_tester.region_counts), config.text_config.hidden_size)
+        expected_shape = (*inputs_dict["region_points"].shape[:2], config.text_config.hidden_size)
         self.assertEqual(tuple(outputs.region_hidden_states.shape), expected_shape)
 
 

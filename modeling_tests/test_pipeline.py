@@ -51,7 +51,7 @@ def test_chat_with_a_region_reaches_the_model_and_returns_the_conversation(ferre
     output = ferret_pipeline(text=messages, max_new_tokens=3, generate_kwargs={"do_sample": False},
                              processor_kwargs={"regions": [[(20, 10, 80, 60)]]})  # fmt: skip
     hook.remove()
-    assert calls == [torch.Size([1, 32])]  # one region, encoded once (prefill only)
+    assert len(calls) == 1 and calls[0].numel() == 32  # one region (32 features), encoded once (prefill only)
     conversation = output[0]["generated_text"]
     assert conversation[0]["role"] == "user" and conversation[-1]["role"] == "assistant"
     assert isinstance(conversation[-1]["content"], str)
@@ -83,5 +83,6 @@ def test_draw_regions_marks_points_boxes_and_masks():
     mask[60:80, 150:190] = True
     drawn = np.asarray(draw_regions(_image(), [(30, 30), (50, 10, 90, 40), mask]))
     original = np.asarray(_image())
-    assert not np.array_equal(drawn[70, 170], original[70, 170])  # inside the tinted mask
+    assert np.array_equal(drawn[70, 170], original[70, 170])  # inside the mask: outlined, not tinted
+    assert not np.array_equal(drawn[58, 170], original[58, 170])  # its contour, just outside it
     assert np.array_equal(drawn[95, 5], original[95, 5])  # untouched corner

@@ -79,16 +79,16 @@ def test_folded_fusion_equals_the_per_pair_formula_for_each_stage(pooler_mode):
 def test_chunked_sampler_equals_the_unchunked_per_pair_reference_across_images(pooler_mode):
     sampler = _sampler(pooler_mode)
     maps, points, valid, extent = _inputs()
-    assert sampler.chunk_size(maps) >= int(valid.sum())  # tiny sizes: all 7 regions in one chunk by default
+    assert sampler.chunk_size(maps) >= valid.numel()  # tiny sizes: all 12 slots in one chunk by default
     with torch.no_grad():
         expected = _reference_sampler(sampler, maps, points, valid, extent)
-        whole = sampler(maps, points, valid, extent)
-        for budget in (1, 2 * 16 * 5 * 24):  # one region per chunk; two regions per chunk (the last chunk has one)
+        whole = sampler(maps, points, map_extent=extent)
+        for budget in (1, 5 * 16 * 5 * 24):  # one slot per chunk; five slots per chunk (the last chunk has two)
             sampler.max_chunk_elements = budget
-            chunked = sampler(maps, points, valid, extent)
+            chunked = sampler(maps, points, map_extent=extent)
             torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)  # matmul blocking differs
-    assert whole.shape == (7, 20)
-    torch.testing.assert_close(whole, expected, rtol=1e-5, atol=1e-5)
+    assert whole.shape == (3, 4, 20)  # every slot, padding included
+    torch.testing.assert_close(whole[valid], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_sampler_gradients_equal_the_reference_gradients():
@@ -97,7 +97,7 @@ def test_chunked_sampler_gradients_equal_the_reference_gradients():
     maps, points, valid, extent = _inputs()
     maps.requires_grad_(True)
     inputs = [maps, *sampler.parameters()]
-    ours = torch.autograd.grad(sampler(maps, points, valid, extent).square().sum(), inputs)
+    ours = torch.autograd.grad(sampler(maps, points, map_extent=extent)[valid].square().sum(), inputs)
     expected = torch.autograd.grad(_reference_sampler(sampler, maps, points, valid, extent).square().sum(), inputs)
     for got, want in zip(ours, expected):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
@@ -111,8 +111,21 @@ def test_chunk_size_bounds_the_work_tensor_and_the_map_copy():
     assert sampler.chunk_size(torch.zeros(1, 24, 2000, 2000)) == 1  # at least one region
 
 
-def test_no_valid_region_gives_an_empty_result_in_the_output_width():
+def test_no_region_slot_gives_an_empty_result_in_the_output_width():
     sampler = _sampler()
     maps, points, _, extent = _inputs()
-    output = sampler(maps, points, torch.zeros(3, 4, dtype=torch.bool), extent)
-    assert output.shape == (0, 20)
+    output = sampler(maps, points[:, :0], map_extent=extent)
+    assert output.shape == (3, 0, 20)
+
+
+def test_rows_read_the_image_their_image_index_names():
+    """Row `b` of `region_points` reads the map `image_index[b]`: rows given in another order, or two rows reading one
+    image, get exactly the features their points get on that image."""
+    sampler = _sampler()
+    maps, points, _, extent = _inputs()
+    with torch.no_grad():
+        reference = sampler(maps, points, map_extent=extent)
+        reordered = sampler(maps, points[[2, 0, 2]], torch.tensor([2, 0, 2]), extent)
+        other_image = sampler(maps, points[[0]], torch.tensor([1]), extent)
+    torch.testing.assert_close(reordered, reference[[2, 0, 2]], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(other_image, reference[[0]], atol=1e-3)

@@ -135,7 +135,7 @@ def test_degenerate_regions_never_produce_nan_or_inf(processor, model_502, name,
     model = model_502 if dtype == torch.float32 else _half(model_502)
     with torch.no_grad():
         outputs = model(**inputs, output_hidden_states=True)
-    assert outputs.region_hidden_states.shape[0] == len(regions)
+    assert outputs.region_hidden_states.shape[:2] == (1, len(regions))
     assert torch.isfinite(outputs.region_hidden_states).all()
     assert all(torch.isfinite(hidden).all() for hidden in outputs.hidden_states)
     assert torch.isfinite(outputs.logits).all()

@@ -98,7 +98,7 @@ def test_three_steps_with_regions_and_masks(tmp_path, processor):
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
     regions_seen = []
     model.model.region_sampler.register_forward_hook(
-        lambda module, args, output: regions_seen.append(output.shape[0])
+        lambda module, args, output: regions_seen.append(output.shape[:2].numel())
     )
     trainer = trl.SFTTrainer(
         model=model, args=_config(tmp_path, 3), train_dataset=dataset, processing_class=processor,

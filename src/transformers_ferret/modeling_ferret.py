@@ -24,9 +24,10 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.modeling_utils import PreTrainedModel
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
+from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import maybe_install_capturing_hooks
 
 from .configuration_ferret import FerretConfig
 from .modeling_ferret_anyres import merge_tiles, merged_map_extent, tile_valid_mask, upsample_global_maps
@@ -46,8 +47,9 @@ class FerretModelOutputWithPast(BaseModelOutputWithPast):
     r"""
     image_hidden_states (`torch.Tensor` of shape `(num_image_tokens_in_batch, hidden_size)`, *optional*):
         Projected image features that replaced the `<image>` tokens.
-    region_hidden_states (`torch.Tensor` of shape `(num_regions_in_batch, hidden_size)`, *optional*):
-        Sampler outputs that replaced the region tokens, in order of appearance.
+    region_hidden_states (`torch.Tensor` of shape `(batch_size, max_regions, hidden_size)`, *optional*):
+        Sampler output of every `region_points` slot; slot `r` of sample `b` replaced that sample's `r`-th region
+        token. Slots past a sample's `region_counts` are padding (computed, never used).
     image_outputs ([`FerretImageFeaturesOutput`], *optional*): the image encoder's outputs, as `get_image_features`
         returns them (`pooler_output`: the per-image projected features; the global tower's `hidden_states` /
         `attentions` when asked for), the `image_outputs` of transformers' multimodal outputs.
@@ -59,24 +61,6 @@ class FerretModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class FerretImageEncoding(ModelOutput):
-    r"""
-    What the image encoders give the rest of the model.
-
-    image_features (`torch.Tensor` of shape `(num_image_tokens_in_batch, hidden_size)`): projected features, one
-        per `<image>` token, image-major (Ferret-v2: each image's global tokens, then its merged tile map row by row).
-    region_maps (`torch.Tensor` of shape `(num_images, channels, rows, cols)`): the maps the region sampler reads.
-    map_extent (`torch.Tensor` of shape `(num_images, 2)`, *optional*): `(cols, rows)` fraction of each padded
-        region map that is real (Ferret-v2 batches with different grids).
-    """
-
-    image_features: torch.Tensor | None = None
-    region_maps: torch.Tensor | None = None
-    map_extent: torch.Tensor | None = None
-    vision_outputs: BaseModelOutputWithPooling | None = None
-
-
-@dataclass
 class FerretImageFeaturesOutput(BaseModelOutputWithPooling):
     r"""
     `get_image_features` output: the global vision tower's own outputs (`last_hidden_state`, and `hidden_states` /
@@ -84,7 +68,8 @@ class FerretImageFeaturesOutput(BaseModelOutputWithPooling):
     `[num_image_tokens_i, hidden_size]` that replace the `<image>` tokens.
 
     region_maps (`torch.Tensor` of shape `(num_images, channels, rows, cols)`): the maps the region sampler reads.
-    map_extent (`torch.Tensor` of shape `(num_images, 2)`, *optional*): see [`FerretImageEncoding`].
+    map_extent (`torch.Tensor` of shape `(num_images, 2)`, *optional*): `(cols, rows)` fraction of each padded region
+        map that is real (Ferret-v2 batches whose images use different tile grids).
     """
 
     region_maps: torch.Tensor | None = None
@@ -140,7 +125,7 @@ class FerretPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False  # the region sampler has data-dependent shapes (valid-region selection)
+    _can_compile_fullgraph = False  # Ferret-v2 tile grids set token counts; v1 / global-view inputs trace as one graph
 
     @classmethod
     def is_custom_code(cls) -> bool:
@@ -180,6 +165,11 @@ class FerretModel(FerretPreTrainedModel):
         self.region_sampler = FerretRegionSampler(config, sampler_width)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
+        # the vision towers are always asked for their hidden states; transformers installs the hooks that collect them
+        # at the first such call, which a `torch.compile(fullgraph=True)` graph cannot do (it holds a lock): do it now
+        for tower in (self.vision_tower, getattr(self, "tile_vision_tower", None)):
+            if tower is not None:
+                maybe_install_capturing_hooks(tower)
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -197,21 +187,15 @@ class FerretModel(FerretPreTrainedModel):
 
         These are what the region sampler reads (the original Ferret samples raw CLIP features, not projected ones).
         """
-        outputs = self._run_vision_tower(pixel_values)
-        return self._select_vision_features(outputs, vision_feature_layer, vision_feature_select_strategy)
-
-    def _run_vision_tower(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
-        pixel_values = pixel_values.to(self.vision_tower.dtype)
-        kwargs["output_hidden_states"] = True  # the features are read at `vision_feature_layer`
-        return self.vision_tower(pixel_values, return_dict=True, **kwargs)
+        outputs = self.vision_tower(pixel_values.to(self.vision_tower.dtype), output_hidden_states=True)
+        return self._select_vision_features(outputs.hidden_states, vision_feature_layer, vision_feature_select_strategy)
 
     def _select_vision_features(
-        self, outputs, vision_feature_layer: int | None, vision_feature_select_strategy: str | None
+        self, hidden_states: tuple[torch.Tensor], vision_feature_layer: int | None, vision_feature_select_strategy: str | None
     ) -> torch.Tensor:
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-        features = outputs.hidden_states[layer]
-        return features[:, 1:] if strategy == "default" else features
+        return hidden_states[layer][:, 1:] if strategy == "default" else hidden_states[layer]
 
     @torch.no_grad()
     def init_tile_projector_from_global(self) -> None:
@@ -219,7 +203,7 @@ class FerretModel(FerretPreTrainedModel):
 
         Raises a ValueError when the two projectors' shapes differ (tile encoder width != global encoder width).
         """
-        if not hasattr(self, "tile_projector"):
+        if self.config.tile_vision_config is None:
             raise ValueError("This model has no separate tile projector (no `tile_vision_config`).")
         source, target = self.multi_modal_projector.state_dict(), self.tile_projector.state_dict()
         mismatched = [name for name in target if name not in source or source[name].shape != target[name].shape]
@@ -246,65 +230,6 @@ class FerretModel(FerretPreTrainedModel):
         num_patches = (tiles.shape[-2] // patch) * (tiles.shape[-1] // patch)
         return outputs.hidden_states[self.config.tile_vision_feature_layer][:, -num_patches:]  # drop CLS/registers
 
-    def encode_images(
-        self,
-        pixel_values: torch.FloatTensor,
-        pixel_values_tiles: torch.FloatTensor | None = None,
-        image_grids: torch.LongTensor | None = None,
-        vision_feature_layer: int | None = None,
-        vision_feature_select_strategy: str | None = None,
-        **vision_kwargs,
-    ) -> FerretImageEncoding:
-        """Image tokens for the language model and the maps the region sampler reads.
-
-        Ferret v1 (and Ferret-v2 without tiles, e.g. its stage I): the global view's `(side / patch)^2` tokens per
-        image, and their map.
-        Ferret-v2: per image the global tokens, then the merged tile map row by row; the region map is the merged
-        tile map plus the global map upsampled to its size (`H_a = H'_l + Upsample(H_g)`), raw or projected.
-        """
-        self._check_pixel_values(pixel_values, "pixel_values", 4)
-        if pixel_values_tiles is not None:
-            self._check_pixel_values(pixel_values_tiles, "pixel_values_tiles", 5)
-        vision_outputs = self._run_vision_tower(pixel_values, **vision_kwargs)
-        vision_features = self._select_vision_features(
-            vision_outputs, vision_feature_layer, vision_feature_select_strategy
-        )
-        patch = self.config.vision_config.patch_size
-        grid_size = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        projected = self.multi_modal_projector(vision_features)
-        use_projected = self.config.region_feature_source == "projected"
-        global_maps = (projected if use_projected else vision_features).unflatten(1, grid_size)  # [B, rows, cols, D]
-        if not self.config.is_any_resolution or pixel_values_tiles is None:  # v1, or v2 on the global view only
-            return FerretImageEncoding(
-                image_features=projected.flatten(0, 1),
-                region_maps=global_maps.permute(0, 3, 1, 2),
-                vision_outputs=vision_outputs,
-            )
-        if image_grids is None:
-            raise ValueError("`pixel_values_tiles` need their `image_grids` (tile rows, cols per image).")
-
-        tile_side = self.config.tile_size // self.config.tile_patch_size
-        tile_features = self.get_tile_features(pixel_values_tiles, image_grids)
-        tile_projector = getattr(self, "tile_projector", self.multi_modal_projector)
-        merged_projected, valid = merge_tiles(tile_projector(tile_features), image_grids, tile_side)
-        image_sequence = torch.cat([projected, merged_projected.flatten(1, 2)], 1)
-        token_valid = torch.cat([valid.new_ones(projected.shape[:2]), valid.flatten(1)], 1)
-
-        if use_projected:
-            merged_local = merged_projected
-        else:
-            adapted = self.tile_feature_adapter(tile_features) if hasattr(self, "tile_feature_adapter") else tile_features
-            merged_local = merge_tiles(adapted, image_grids, tile_side)[0]
-        upsampled = upsample_global_maps(
-            global_maps.permute(0, 3, 1, 2), image_grids, tile_side, self.config.global_upsample_mode
-        )
-        return FerretImageEncoding(
-            image_features=image_sequence[token_valid],
-            region_maps=(merged_local + upsampled).permute(0, 3, 1, 2),
-            map_extent=merged_map_extent(image_grids, tile_side),
-            vision_outputs=vision_outputs,
-        )
-
     @can_return_tuple
     def get_image_features(
         self,
@@ -315,26 +240,78 @@ class FerretModel(FerretPreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> FerretImageFeaturesOutput:
-        """Projected image features (see [`FerretImageFeaturesOutput`]); `output_hidden_states` / `output_attentions`
-        return the global vision tower's."""
+        """Image tokens for the language model and the maps the region sampler reads (see [`FerretImageFeaturesOutput`]).
+
+        Ferret v1 (and Ferret-v2 without tiles, e.g. its stage I): per image the global view's `(side / patch)^2`
+        projected tokens; the region map is the global feature map.
+        Ferret-v2 with `pixel_values_tiles`: per image the global tokens, then the merged tile map row by row; the
+        region map is the merged tile map plus the global map upsampled to its size (`H_a = H'_l + Upsample(H_g)`),
+        raw or projected as `config.region_feature_source` says. `output_hidden_states` / `output_attentions` return
+        the global vision tower's.
+        """
+        if not is_torchdynamo_compiling():  # data-dependent checks run eagerly; a compiled graph trusts its inputs
+            self._check_pixel_values(pixel_values, "pixel_values", 4)
+            if pixel_values_tiles is not None:
+                self._check_pixel_values(pixel_values_tiles, "pixel_values_tiles", 5)
         wants_hidden_states = kwargs.get("output_hidden_states") or self.config.vision_config.output_hidden_states
         wants_attentions = kwargs.get("output_attentions") or self.config.vision_config.output_attentions
-        vision_kwargs = {"output_attentions": True} if wants_attentions else {}
-        encoding = self.encode_images(
-            pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
-            **vision_kwargs,
+        vision_outputs = self.vision_tower(
+            pixel_values.to(self.vision_tower.dtype), output_hidden_states=True, output_attentions=bool(wants_attentions),
+            return_dict=True,
         )  # fmt: skip
-        read_tiles = self.config.is_any_resolution and pixel_values_tiles is not None  # as `encode_images` decides
-        tokens_per_image = self.num_image_tokens(pixel_values, image_grids if read_tiles else None)
-        vision_outputs = encoding.vision_outputs
+        features = self._select_vision_features(
+            vision_outputs.hidden_states, vision_feature_layer, vision_feature_select_strategy
+        )
+        patch = self.config.vision_config.patch_size
+        projected = self.multi_modal_projector(features)
+        use_projected = self.config.region_feature_source == "projected"
+        global_maps = (projected if use_projected else features).unflatten(
+            1, (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        )  # [num_images, rows, cols, D]
+        if self.config.is_any_resolution and pixel_values_tiles is not None:
+            if image_grids is None:
+                raise ValueError("`pixel_values_tiles` need their `image_grids` (tile rows, cols per image).")
+            image_features, region_maps = self._add_tiles(projected, global_maps, pixel_values_tiles, image_grids)
+            map_extent = merged_map_extent(image_grids, self.config.tile_size // self.config.tile_patch_size)
+        else:
+            image_features, region_maps, map_extent = list(projected.unbind(0)), global_maps, None
         return FerretImageFeaturesOutput(
             last_hidden_state=vision_outputs.last_hidden_state,
-            pooler_output=list(encoding.image_features.split(tokens_per_image)),
+            pooler_output=image_features,
             hidden_states=vision_outputs.hidden_states if wants_hidden_states else None,
             attentions=vision_outputs.attentions,
-            region_maps=encoding.region_maps,
-            map_extent=encoding.map_extent,
+            region_maps=region_maps.permute(0, 3, 1, 2),
+            map_extent=map_extent,
         )
+
+    def _add_tiles(
+        self,
+        projected: torch.Tensor,
+        global_maps: torch.Tensor,
+        pixel_values_tiles: torch.Tensor,
+        image_grids: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Ferret-v2's tiles: per-image token sequences (global tokens, then the merged tile map row by row) and the
+        region maps `[num_images, rows, cols, D]` (merged tile map plus the upsampled global map)."""
+        tile_side = self.config.tile_size // self.config.tile_patch_size
+        separate_tile_encoder = self.config.tile_vision_config is not None
+        tile_features = self.get_tile_features(pixel_values_tiles, image_grids)
+        tile_projector = self.tile_projector if separate_tile_encoder else self.multi_modal_projector
+        merged_projected, valid = merge_tiles(tile_projector(tile_features), image_grids, tile_side)
+        sequences = torch.cat([projected, merged_projected.flatten(1, 2)], 1)
+        token_valid = torch.cat([valid.new_ones(projected.shape[:2]), valid.flatten(1)], 1)
+        image_features = list(sequences[token_valid].split(token_valid.sum(-1).tolist()))
+
+        if self.config.region_feature_source == "projected":
+            merged_local = merged_projected
+        else:
+            adapter = separate_tile_encoder and self.config.tile_feature_adapter
+            adapted = self.tile_feature_adapter(tile_features) if adapter else tile_features
+            merged_local = merge_tiles(adapted, image_grids, tile_side)[0]
+        upsampled = upsample_global_maps(
+            global_maps.permute(0, 3, 1, 2), image_grids, tile_side, self.config.global_upsample_mode
+        )
+        return image_features, merged_local + upsampled
 
     def num_image_tokens(self, pixel_values: torch.Tensor, image_grids: torch.Tensor | None = None) -> list[int]:
         """Image tokens per image: the global patches, plus `rows * cols * t^2` tile patches for Ferret-v2."""
@@ -359,12 +336,40 @@ class FerretModel(FerretPreTrainedModel):
     ) -> torch.Tensor:
         """`[batch, seq, 1]` mask of the image tokens; ValueError when their count differs from the features'."""
         image_mask = self._token_mask(self.config.image_token_id, input_ids, inputs_embeds)
-        num_tokens, num_features = int(image_mask.sum()), image_features.shape[0]
-        if num_tokens != num_features:
-            raise ValueError(
-                f"Image features and image tokens do not match, tokens: {num_tokens}, features: {num_features}"
-            )
+        torch_compilable_check(
+            image_mask.sum() == image_features.shape[0],
+            lambda: f"Image features and image tokens do not match, tokens: {int(image_mask.sum())}, "
+            f"features: {image_features.shape[0]}",
+        )
         return image_mask.unsqueeze(-1)
+
+    def get_region_features(
+        self, image_outputs: FerretImageFeaturesOutput, region_points: torch.Tensor, image_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Region features `[batch_size, max_regions, hidden_size]`, one per `region_points` slot.
+
+        Args:
+            image_outputs: `get_image_features`' output for the batch's images (one per sample with image tokens).
+            region_points: `[batch_size, max_regions, num_points, 2]` normalised `(x, y)` points of each slot.
+            image_mask: `[batch_size, sequence_length]` bool, the `<image>` token positions.
+
+        Every slot reads the region map of its sample's image; padding slots (and samples without an image) get a
+        feature that is never used. Shapes depend only on the inputs' shapes, so the region path compiles as one graph.
+        """
+        image_of_sample = (image_mask.any(-1).long().cumsum(0) - 1).clamp(min=0)  # [batch_size] index into images
+        return self.region_sampler(
+            image_outputs.region_maps, region_points, image_of_sample, image_outputs.map_extent
+        )
+
+    @staticmethod
+    def scatter_region_features(
+        inputs_embeds: torch.Tensor, region_mask: torch.Tensor, region_features: torch.Tensor
+    ) -> torch.Tensor:
+        """`inputs_embeds` `[batch, seq, hidden]` with the `r`-th region token of each sample replaced by slot `r` of
+        `region_features` `[batch, max_regions, hidden]` (`region_mask` `[batch, seq]` marks the region tokens)."""
+        slot = (region_mask.long().cumsum(-1) - 1).clamp(min=0, max=region_features.shape[1] - 1)  # [batch, seq]
+        per_token = region_features.gather(1, slot.unsqueeze(-1).expand(-1, -1, region_features.shape[-1]))
+        return torch.where(region_mask.unsqueeze(-1), per_token.to(inputs_embeds.dtype), inputs_embeds)
 
     def _check_pixel_values(self, pixel_values: torch.Tensor, name: str, expected_dim: int) -> None:
         """ValueError naming `name` for a wrong rank / channel count, or NaN / inf pixels (never NaN logits)."""
@@ -375,16 +380,16 @@ class FerretModel(FerretPreTrainedModel):
         if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():
             raise ValueError(f"`{name}` contain NaN or inf values.")
 
-    def _dummy_region_feature(self, encoding: FerretImageEncoding | FerretImageFeaturesOutput) -> torch.Tensor:
+    def _dummy_region_feature(self, image_outputs: FerretImageFeaturesOutput) -> torch.Tensor:
         """The sampler's output for one region at the first image's centre, reduced to a scalar.
 
         Training adds it with weight 0 when a batch has images but no region, so the sampler's parameters take part in
         every step on every rank (distributed data parallel / ZeRO otherwise wait forever for their gradients).
         """
         num_points = self.config.sampler_num_init_points
-        points = torch.full((1, 1, num_points, 2), 0.5, device=encoding.region_maps.device)
-        extent = encoding.map_extent[:1] if encoding.map_extent is not None else None
-        return self.region_sampler(encoding.region_maps[:1], points, None, extent).sum()
+        points = torch.full((1, 1, num_points, 2), 0.5, device=image_outputs.region_maps.device)
+        extent = image_outputs.map_extent[:1] if image_outputs.map_extent is not None else None
+        return self.region_sampler(image_outputs.region_maps[:1], points, map_extent=extent).sum()
 
     def _check_region_inputs(
         self,
@@ -393,8 +398,9 @@ class FerretModel(FerretPreTrainedModel):
         region_points: torch.Tensor | None,
         region_counts: torch.Tensor | None,
         num_images: int,
-    ) -> torch.Tensor:
-        """Validates region inputs against the region tokens; returns `[batch, R]` bool of valid slots."""
+    ) -> None:
+        """ValueError naming the argument when region inputs disagree with the region tokens (eager only: the checks
+        read tensor values)."""
         tokens_per_row = region_mask.sum(-1)
         if region_points is None:
             raise ValueError(
@@ -436,8 +442,6 @@ class FerretModel(FerretPreTrainedModel):
                 f"With regions, every sample holds at most one image: {int(image_rows.sum())} samples have image "
                 f"tokens but `pixel_values` holds {num_images} images."
             )
-        slots = torch.arange(region_points.shape[1], device=region_counts.device)
-        return slots.unsqueeze(0) < region_counts.unsqueeze(1)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -493,18 +497,15 @@ class FerretModel(FerretPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
 
         region_mask = self._token_mask(self.config.region_token_id, input_ids, inputs_embeds)
-        # region tokens in a prompt that has an image need regions; decode steps (no pixel values) embed them as text
-        if region_points is not None or (pixel_values is not None and region_mask.any()):
-            if pixel_values is None:
-                raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
+        if region_points is not None and pixel_values is None:
+            raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
+        if pixel_values is not None and not is_torchdynamo_compiling():  # decode steps embed region tokens as text
             image_rows = image_mask.squeeze(-1).any(-1)
-            region_valid = self._check_region_inputs(
-                region_mask, image_rows, region_points, region_counts, pixel_values.shape[0]
-            )
-            region_features = self.region_sampler(
-                image_outputs.region_maps, region_points[image_rows], region_valid[image_rows], image_outputs.map_extent
-            ).to(inputs_embeds.dtype)
-            inputs_embeds = inputs_embeds.masked_scatter(region_mask.unsqueeze(-1), region_features)
+            if region_points is not None or region_mask.any():
+                self._check_region_inputs(region_mask, image_rows, region_points, region_counts, pixel_values.shape[0])
+        if region_points is not None and region_points.shape[1] > 0:
+            region_features = self.get_region_features(image_outputs, region_points, image_mask.squeeze(-1))
+            inputs_embeds = self.scatter_region_features(inputs_embeds, region_mask, region_features)
         elif self.training and pixel_values is not None:
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
 

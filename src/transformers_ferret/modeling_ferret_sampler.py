@@ -234,31 +234,32 @@ class FerretRegionSampler(nn.Module):
         self,
         feature_maps: torch.Tensor,
         region_points: torch.Tensor,
-        region_valid: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
         map_extent: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
-            feature_maps: `[B, C, rows, cols]` feature map of each image.
-            region_points: `[B, R, N, 2]` normalised `(x, y)` points of up to `R` regions per image.
-            region_valid: `[B, R]` bool, which of the `R` slots hold a region (default: all). Padding slots are
-                never read.
-            map_extent: `[B, 2]` optional `(cols, rows)` fraction of each padded map that is real (see
+            feature_maps: `[num_images, C, rows, cols]` feature map of each image.
+            region_points: `[B, R, N, 2]` normalised `(x, y)` points of `R` region slots per row.
+            image_index: `[B]` the image whose map row `b`'s regions read (default: row `b` reads image `b`).
+            map_extent: `[num_images, 2]` optional `(cols, rows)` fraction of each padded map that is real (see
                 `sample_point_features`).
 
         Returns:
-            `[num_valid_regions, hidden_size]` region features, image-major, in slot order.
+            `[B, R, hidden_size]`: one feature per slot. Every slot is encoded, so shapes follow the inputs' shapes
+            only (the caller ignores padding slots).
         """
-        if region_valid is None:
-            region_valid = torch.ones(region_points.shape[:2], dtype=torch.bool, device=region_points.device)
-        regions = region_valid.nonzero()  # [num_valid_regions, 2]: (image, slot), image-major
-        # with no region, one empty chunk still runs every layer, as a batch of regions would
-        chunks = regions.split(self.chunk_size(feature_maps))
+        num_rows, num_slots = region_points.shape[:2]
+        if image_index is None:
+            image_index = torch.arange(num_rows, device=region_points.device)
+        points = region_points.flatten(0, 1)  # [B * R, N, 2], row-major
+        images = image_index.repeat_interleave(num_slots)
+        chunk = self.chunk_size(feature_maps)
         outputs = [
-            self.encode_regions(feature_maps, region_points[images, slots], images, map_extent)
-            for images, slots in (chunk.unbind(-1) for chunk in chunks)
+            self.encode_regions(feature_maps, chunk_points, chunk_images, map_extent)
+            for chunk_points, chunk_images in zip(points.split(chunk), images.split(chunk))
         ]
-        return torch.cat(outputs)
+        return torch.cat(outputs).unflatten(0, (num_rows, num_slots))
 
 
 __all__ = ["FerretRegionSampler"]

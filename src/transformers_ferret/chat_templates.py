@@ -18,6 +18,8 @@ Every template
 * uses Ferret's system text when the conversation has no system message (a system message replaces it),
 * writes each image of a message as `<image>\\n` at the start of that message (several text items are joined by
   `\\n`), as the original code moves `<image>` to the start of its turn,
+* writes each region item (`{"type": "region", "box" | "point" | "mask": ...}`) as the `<region>` placeholder where it
+  stands, glued to the text around it (`FerretProcessor.apply_chat_template` takes the item's geometry as the region),
 * wraps each assistant reply *with its end-of-turn token(s)* in `{% generation %}...{% endgeneration %}`, so
   `apply_chat_template(..., return_assistant_tokens_mask=True)` marks exactly what a model is trained to write,
 * ends with the family's assistant header when `add_generation_prompt=True`.

@@ -308,7 +308,11 @@ class FerretImageProcessorPil(PilBackend):
     do_rescale = True
     do_normalize = True
     do_convert_rgb = True
-    model_input_names = ["pixel_values", "pixel_values_tiles", "image_grids"]
+    model_input_names = ["pixel_values", "pixel_values_tiles", "image_grids", "region_points"]
+    # `pipeline(..., batch_size=n)` pads the inputs listed above on this side and every other input like the text
+    # (on the left, for generation). A sample's region slots must come first (the model reads `region_counts` slots
+    # from the start), so `region_points`, which the processor samples from regions of this image, is listed too.
+    padding_side = "right"
 
     def fetch_images(self, image_url_or_urls):
         """Opens paths, URLs and base64 strings and checks every image, see [`prepare_image`]."""

@@ -52,7 +52,8 @@ FERRET_SYSTEM_PROMPT = (
 """System text of the original `ferret_v1` conversation template (its trailing space is part of it)."""
 
 # Vicuna v1 as the original Ferret renders it: `<s>` + system + " " + "USER: <image>\n... " + "ASSISTANT: ...</s>" ...
-# ending with "ASSISTANT:" for generation. Images go first in their message; several text items are joined by "\n".
+# ending with "ASSISTANT:" for generation. Images go first in their message; several text items are joined by "\n";
+# a region item is written as `<region>` where it stands, glued to the text around it (no newline, no space).
 # Every tag trims the whitespace around it, so only the quoted strings reach the output.
 RENDER_CONTENT_MACRO = """
 {%- macro render_content(content) -%}
@@ -62,14 +63,19 @@ RENDER_CONTENT_MACRO = """
         {%- for item in content if item.type == 'image' -%}
             {{- '<image>\\n' -}}
         {%- endfor -%}
-        {%- for item in content if item.type == 'text' -%}
-            {{- ('\\n' if not loop.first else '') + item.text -}}
+        {%- for item in content if item.type in ['text', 'region'] -%}
+            {%- if item.type == 'region' -%}
+                {{- '<region>' -}}
+            {%- else -%}
+                {{- ('\\n' if not loop.first and loop.previtem.type == 'text' else '') + item.text -}}
+            {%- endif -%}
         {%- endfor -%}
     {%- endif -%}
 {%- endmacro -%}
 """
 """Jinja macro shared by the Ferret chat templates: images first in their message (`<image>\\n` each), then the text
-items joined by newlines."""
+items joined by newlines, each region item (`{"type": "region", ...}`) written as the `<region>` placeholder where it
+stands, with no separator around it (`[text "What is ", region, text "?"]` -> `What is <region>?`)."""
 
 DEFAULT_CHAT_TEMPLATE = RENDER_CONTENT_MACRO + """
 {{- bos_token -}}
@@ -132,6 +138,88 @@ def _compose_replacement_offsets(region_offsets: list[dict], image_offsets: list
     return sorted(composed, key=lambda offset: offset["span"][0])
 
 
+_REGION_GEOMETRIES = {"box": 4, "point": 2, "mask": None}
+"""Geometry keys of a region content item and the number of coordinates each takes (`None`: a 2-D mask)."""
+
+
+def _conversations_of(conversation) -> tuple[list, bool]:
+    """The conversations of an `apply_chat_template` input (lists of messages) and whether it was a batch."""
+    if isinstance(conversation, (list, tuple)) and conversation and (
+        isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
+    ):
+        return [getattr(chat, "messages", chat) for chat in conversation], True
+    return [getattr(conversation, "messages", conversation)], False
+
+
+def _is_coordinate(value) -> bool:
+    return _is_number(value) and not isinstance(value, (bool, np.bool_)) and not (
+        isinstance(value, (np.ndarray, torch.Tensor)) and value.dtype in (np.bool_, torch.bool)
+    )
+
+
+def _region_of_item(item: dict, where: str) -> dict:
+    """
+    The region (`{"box" | "point" | "mask": value}`, as [`normalize_region`] takes it) of one `{"type": "region"}`
+    content item, checked for its form; `where` names the item in errors. Whether the region fits its image is checked
+    with the image, by the processor.
+    """
+    kinds = [kind for kind in _REGION_GEOMETRIES if item.get(kind) is not None]
+    if len(kinds) != 1:
+        found = "none of them" if not kinds else " and ".join(f'"{kind}"' for kind in kinds)
+        raise ValueError(
+            f'{where}: a region item needs exactly one of "box" [x1, y1, x2, y2], "point" [x, y] or "mask" (a '
+            f"[height, width] array, tensor or PIL image), got {found} (keys {sorted(item)})."
+        )
+    kind, value = kinds[0], item[kinds[0]]
+    if kind == "mask":
+        is_array = isinstance(value, (np.ndarray, torch.Tensor))
+        if not (isinstance(value, Image.Image) or is_array):
+            raise TypeError(
+                f'{where}: a region "mask" must be a [height, width] numpy array, torch tensor or PIL image, got '
+                f"{type(value).__name__}."
+            )
+        if is_array and value.ndim != 2:
+            raise ValueError(
+                f'{where}: a region "mask" must have 2 dimensions [height, width], got shape {tuple(value.shape)}.'
+            )
+        return {kind: value}
+    is_vector = isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 1
+    if not (is_vector or isinstance(value, (list, tuple))) or not all(_is_coordinate(v) for v in value):
+        raise TypeError(
+            f'{where}: a region "{kind}" must be a list of {_REGION_GEOMETRIES[kind]} numbers (pixels of the '
+            f"original image), got {value!r}."
+        )
+    if len(value) != _REGION_GEOMETRIES[kind]:
+        names = "[x1, y1, x2, y2]" if kind == "box" else "[x, y]"
+        raise ValueError(f'{where}: a region "{kind}" needs {_REGION_GEOMETRIES[kind]} numbers {names}, got {value!r}.')
+    return {kind: value}
+
+
+def _lower_region_items(content: list, placeholder: str, where: str) -> tuple[list, list[dict]]:
+    """
+    One message's content with its region items written as `placeholder` into its text items, as the Ferret chat
+    templates render them (glued to the text around them; text items still joined by newlines), so that templates that
+    know no region item render the same prompt. Returns the new content and the message's regions, in order; `where`
+    names the message in errors.
+    """
+    lowered, regions, target, previous = [], [], None, None
+    for index, item in enumerate(content):
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind not in ("text", "region"):
+            lowered.append(item)
+            continue
+        if kind == "region":
+            regions.append(_region_of_item(item, f"{where}, content item {index}"))
+        text = placeholder if kind == "region" else item.get("text", "")
+        if previous is not None and not (previous == kind == "text"):
+            lowered[target] = {**lowered[target], "text": lowered[target].get("text", "") + text}
+        else:
+            target = len(lowered)
+            lowered.append(dict(item) if kind == "text" else {"type": "text", "text": text})
+        previous = kind
+    return lowered, regions
+
+
 class FerretProcessor(ProcessorMixin):
     r"""
     Constructs a Ferret processor: an image processor (e.g. [`FerretImageProcessorPil`]), a LLaMA tokenizer holding
@@ -141,7 +229,9 @@ class FerretProcessor(ProcessorMixin):
     `regions` in order). The processor writes each one as the region's coordinate text followed by the region token,
     e.g. `"[250, 416, 443, 541] <region_fea>"`, expands `<image>` to one image token per image feature, and samples the
     points of every region mask for the model's region sampler. Region tokens already written in the text (with their
-    coordinates) also take a region from `regions`, without any text being added.
+    coordinates) also take a region from `regions`, without any text being added. In a chat, a content item
+    `{"type": "region", "box" | "point" | "mask": ...}` stands for `<region>` and brings its region with it (see
+    [`~FerretProcessor.apply_chat_template`]): each conversation of a batch, or of a `pipeline` batch, has its own.
 
     Args:
         image_processor ([`FerretImageProcessorPil`]): the image processor.
@@ -277,6 +367,109 @@ class FerretProcessor(ProcessorMixin):
             outputs.update(self._batch_region_points(points_per_sample, self._return_tensors_of(outputs)))
         return outputs
 
+    def apply_chat_template(self, conversation, chat_template=None, processor_kwargs=None, **kwargs):
+        """
+        [`~ProcessorMixin.apply_chat_template`], with the regions of each conversation given in its messages.
+
+        A content item `{"type": "region", "box": [x1, y1, x2, y2]}`, `{"type": "region", "point": [x, y]}` or
+        `{"type": "region", "mask": mask}` (pixels of the conversation's image; the mask a `[height, width]` array,
+        tensor or PIL image) refers to a region where it stands. It is written as `<region>`, glued to the text around
+        it (write the spaces in the text items: `[text "What is ", region, text "?"]` -> `"What is <region>?"`), which
+        the processor turns into the region's coordinate text and region token; its geometry becomes a region of its
+        own conversation, in the order the items come across the conversation's messages. So every conversation of a
+        batch carries its own regions, also in `pipeline("image-text-to-text")`, which processes chats one at a time
+        and gives the same `processor_kwargs` to each.
+
+        The other form, `<region>` in the text with `processor_kwargs={"regions": ...}`, works as before; the two
+        forms can't be mixed in one call. Without `regions` in `processor_kwargs`, a tokenized batch with images (one
+        per sample) always holds `region_points` and `region_counts` (zero regions when no conversation refers to one),
+        so chats processed one at a time batch together.
+
+        Raises:
+            ValueError: region items mixed with `processor_kwargs["regions"]` or with `<region>` / `<region_fea>`
+                typed in a message's text, a region item with no or several geometries or the wrong number of
+                coordinates, or a conversation with region items and not exactly one image. Errors name the chat (its
+                index in a batch), the message and the content item, counted from 0.
+            TypeError: a region item whose geometry has the wrong type.
+        """
+        conversations, is_batched = _conversations_of(conversation)
+        chat_names = [f"chat {index}, " if is_batched else "" for index in range(len(conversations))]
+        lowered, regions = zip(*map(self._take_region_items, conversations, chat_names))
+        regions_in_kwargs = (processor_kwargs or {}).get("regions") is not None
+        if any(regions):
+            if regions_in_kwargs:
+                raise ValueError(
+                    'Regions were given both as {"type": "region", ...} items in the messages and as '
+                    '`processor_kwargs["regions"]`: give them one way (region items keep each chat\'s regions with it).'
+                )
+            sanitized = kwargs.get("sanitize_control_tokens", False)
+            needs_image = "images" not in (processor_kwargs or {})
+            for chat, name, chat_regions in zip(conversations, chat_names, regions):
+                self._check_region_chat(chat, name, len(chat_regions), sanitized, needs_image)
+            processor_kwargs = {**(processor_kwargs or {}), "regions": list(regions)}
+            conversation = list(lowered) if is_batched else lowered[0]
+        outputs = super().apply_chat_template(
+            conversation, chat_template=chat_template, processor_kwargs=processor_kwargs, **kwargs
+        )
+        if not regions_in_kwargs and isinstance(outputs, BatchFeature):
+            self._add_empty_region_inputs(outputs)
+        return outputs
+
+    def _take_region_items(self, messages: list, chat_name: str) -> tuple[list, list[dict]]:
+        """A conversation with its region items written as `<region>` in their message's text, and its regions."""
+        lowered, regions = [], []
+        for message_index, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(content, (list, tuple)):
+                lowered.append(message)
+                continue
+            where = f"{chat_name}message {message_index} ({message.get('role')!r})"
+            content, message_regions = _lower_region_items(content, self.region_placeholder, where)
+            lowered.append({**message, "content": content})
+            regions += message_regions
+        return lowered, regions
+
+    def _check_region_chat(self, messages: list, chat_name: str, num_regions: int, sanitized: bool, needs_image: bool):
+        """
+        Checks one conversation of a call that gives regions as region items: no region placeholder typed in its text
+        (it would have no region), and exactly one image when it refers to regions.
+        """
+        num_images = 0
+        for message_index, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            items = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+            for item in items:
+                kind = item.get("type") if isinstance(item, dict) else None
+                num_images += kind in ("image", "image_url")
+                slots = self._region_slot_pattern.findall(item.get("text") or "") if kind == "text" else []
+                slots = [slot for slot in slots if not (sanitized and slot == self.region_token)]
+                if slots:
+                    raise ValueError(
+                        f"{chat_name}message {message_index} ({message.get('role')!r}) has {slots[0]!r} in its text, "
+                        'but this call gives regions as {"type": "region", ...} items, so it would have no region: '
+                        "put a region item where it stands."
+                    )
+        if num_regions and needs_image and num_images != 1:
+            raise ValueError(
+                f"{chat_name[:-2].capitalize() or 'The chat'} refers to {num_regions} regions with region items but "
+                f"has {num_images} images: a chat with regions needs exactly one image item, the one they lie on."
+            )
+
+    def _add_empty_region_inputs(self, outputs: BatchFeature) -> None:
+        """
+        Gives a tokenized batch with images and no region zero region slots, so that it batches with samples that have
+        regions; not when a sample holds several images (it could not have regions, the model would reject them).
+        """
+        if "pixel_values" not in outputs or "region_points" in outputs:
+            return
+        input_ids = outputs["input_ids"]
+        input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
+        if sum(self.image_token_id in ids for ids in input_ids) != len(outputs["pixel_values"]):
+            return
+        no_points = np.zeros((0, self.num_region_points, 2), dtype=np.float32)
+        points_per_sample = [no_points] * len(input_ids)
+        outputs.update(self._batch_region_points(points_per_sample, self._return_tensors_of(outputs)))
+
     def _split_images_per_sample(self, images, texts: list[str]) -> list[list]:
         """The images of each sample, in order: sample `i` takes as many as it has `<image>` tokens."""
         flat_images = make_flat_list_of_images(images) if images is not None else []
@@ -329,7 +522,9 @@ class FerretProcessor(ProcessorMixin):
             raise ValueError(
                 f"Sample {index} has {len(slots)} region placeholders ({self.region_placeholder!r} or "
                 f"{self.region_token!r}) in `text` but {len(regions)} regions in `regions`; they are matched in "
-                "order, one region per placeholder."
+                "order, one region per placeholder. (In a chat, `{\"type\": \"region\", \"box\": ...}` content items "
+                "give each conversation its own regions, e.g. in a `pipeline` batch, where `processor_kwargs` go to "
+                "every chat.)"
             )
         image_size = _original_image_size(images[0])
         masks, coordinate_texts = zip(*(normalize_region(region, image_size) for region in regions))
@@ -408,7 +603,7 @@ class FerretProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return super().model_input_names + ["region_points", "region_counts"]
+        return list(dict.fromkeys(super().model_input_names + ["region_points", "region_counts"]))
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
         """

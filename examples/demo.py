@@ -18,7 +18,7 @@ from PIL import Image
 
 import transformers_ferret  # noqa: F401  (registers Ferret with the Auto classes)
 from transformers import AutoModelForImageTextToText, AutoProcessor
-from transformers_ferret.visualization import draw_grounding, draw_regions
+from transformers_ferret.visualization import draw_annotations
 
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "ferret-shapes-tiny"
 
@@ -101,6 +101,9 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=int(time.time()) % 10_000)
     parser.add_argument("--output", default="ferret_demo.png")
+    parser.add_argument("--scale", type=int, default=0,
+                        help="upscale the saved picture by this integer factor (default: enough for a short side of "
+                             "at least 480 px, so that the outlines and labels stay thin on a small scene)")  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.model:
@@ -130,7 +133,10 @@ def main(argv=None):
     print(f"Q: {args.grounding_question}\nA: {grounding_answer}")
     for entity in grounded["entities"]:
         print(f"   {entity['phrase']!r} -> box {entity['box']} (pixels)")
-    annotated = draw_grounding(draw_regions(image, [region], labels=["region 0"]), grounded["entities"])
+    scale = args.scale or max(1, -(-480 // min(image.size)))
+    annotated = draw_annotations(
+        image, [region], grounded["entities"], region_labels=["region 0"], width=scale + 1, scale=scale
+    )
     annotated.save(args.output)
     print(f"Saved {args.output} ({time.perf_counter() - started:.1f} s for both answers).")
 

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from demo import SHIPPED_CHECKPOINT, random_tiny_model_and_processor  # noqa: E402
 
-from transformers_ferret.visualization import draw_grounding, draw_regions  # noqa: E402
+from transformers_ferret.visualization import draw_annotations  # noqa: E402
 
 REGION_KINDS = ("Point", "Box", "Scribble")
 PLACEHOLDER = re.compile(r"<region(\d+)>")
@@ -146,9 +146,9 @@ class FerretChat:
 
 
 def annotate(image: Image.Image, regions: list[Region], numbers: list[int], entities: list[dict]) -> Image.Image:
-    """The image with the regions (labelled `region N`) and the answer's boxes with their phrases."""
-    labelled = draw_regions(image, [region.value for region in regions], labels=[f"region{n}" for n in numbers])
-    return draw_grounding(labelled, entities)
+    """The image with the regions (labelled `region N`) and the answer's boxes with their phrases, outlined."""
+    values, labels = [region.value for region in regions], [f"region{n}" for n in numbers]
+    return draw_annotations(image, values, entities, region_labels=labels)
 
 
 # ------------------------------------------------------------------------------------------------------------- app

@@ -323,8 +323,9 @@ def test_post_process_grounding_handles_points_and_out_of_range_values(processor
         ["A man [500, 250] waves.", "A box [-20, 1500, 700, 100]"], [(200, 100), (200, 100)]
     )
     assert results[0]["text"] == "A man waves."
-    assert results[0]["entities"] == [{"phrase": "A man", "box": [50, 50, 50, 50], "span": (0, 5)}]
+    assert results[0]["entities"] == [{"phrase": "A man", "grid": [500, 250], "box": [50, 50, 50, 50], "span": (0, 5)}]
     # clipped to [0, 999], corners ordered: x 0..700, y 100..999
+    assert results[1]["entities"][0]["grid"] == [0, 100, 700, 999]
     assert results[1]["entities"][0]["box"] == [0, 20, 70, 199]
 
 
@@ -353,7 +354,8 @@ def test_post_process_grounding_never_raises_on_malformed_output(processor, text
 def test_malformed_groups_stay_in_the_text(processor):
     result = processor.post_process_grounding("A cat [1, 2, 3] sits [100, 100, 200, 200].", (100, 100))
     assert result["text"] == "A cat [1, 2, 3] sits."
-    assert result["entities"] == [{"phrase": "A cat [1, 2, 3] sits", "box": [10, 10, 20, 20], "span": (0, 20)}]
+    expected = {"phrase": "A cat [1, 2, 3] sits", "grid": [100, 100, 200, 200], "box": [10, 10, 20, 20], "span": (0, 20)}
+    assert result["entities"] == [expected]
 
 
 # --- save / load ---

@@ -15,7 +15,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from tiny_models import tiny_processor
 
-from transformers_ferret.region_utils import parse_grounded_text
+from transformers_ferret.coordinates import parse_grounded_text
 
 
 if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):  # keep Hypothesis' caches out of the repository

@@ -13,7 +13,6 @@ from transformers_ferret.synthetic_shapes import (
     SHAPES,
     TASKS,
     ShapeObject,
-    coordinate_text,
     decode_mask,
     diagonal_halves,
     generate_scene,
@@ -332,12 +331,6 @@ def test_task_weights_and_errors():
 
 def test_articles():
     assert with_article("orange star") == "an orange star" and with_article("red circle") == "a red circle"
-
-
-def test_coordinate_text_hand_example():
-    # width 200, height 100: x * 1000 / 200, y * 1000 / 100, truncated
-    assert coordinate_text([50, 25, 149, 74], "box", 200, 100) == "[250, 250, 745, 740]"
-    assert coordinate_text([101, 33, 101, 33], "point", 200, 100) == "[505, 330]"
 
 
 def test_render_conversation_and_region_inputs_hand_example():

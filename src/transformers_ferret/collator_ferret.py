@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .region_utils import COORDINATE_GRID_SIZE, normalize_region
+from .coordinates import coordinate_text
+from .region_utils import normalize_region
 
 
 _BBOX_PLACEHOLDER = re.compile(r"<bbox_location(\d+)>")
@@ -81,13 +82,6 @@ def clamp_box(box: Sequence[float], width: int, height: int) -> list[float]:
         min(max(x2, 0.0), width - 1.0),
         min(max(y2, 0.0), height - 1.0),
     ]
-
-
-def coordinate_text(values: Sequence[float], width: int, height: int) -> str:
-    """`[x, y]` or `[x1, y1, x2, y2]` on the 1000 grid, truncated (`int(v * 1000 / W)`), as `region_utils` writes."""
-    scale = np.array([width, height] * (len(values) // 2), dtype=np.float64)
-    grid = np.asarray(values, dtype=np.float64) * COORDINATE_GRID_SIZE / scale
-    return "[" + ", ".join(str(int(value)) for value in grid) + "]"
 
 
 class FerretDataCollator:
@@ -357,4 +351,4 @@ class FerretDataCollator:
         return batch
 
 
-__all__ = ["FerretDataCollator", "clamp_box", "coordinate_text"]
+__all__ = ["FerretDataCollator", "clamp_box"]

@@ -33,9 +33,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-
-GRID_SIZE = 1000
-"""Side of the virtual canvas on which coordinates are written in the text."""
+from .coordinates import GRID_SIZE, grid_to_pixels
 
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -80,9 +78,7 @@ def bins_to_pixels(box, image_size: tuple[int, int]) -> list[int]:
     A grid box `[x1, y1, x2, y2]` (0..999 bins) to pixels of an image of `(height, width)`:
     `int(v * width / 1000)` for x and `int(v * height / 1000)` for y, without clipping (the original rule).
     """
-    height, width = image_size
-    scales = (width / GRID_SIZE, height / GRID_SIZE)
-    return [int(value * scales[k % 2]) for k, value in enumerate(box)]
+    return grid_to_pixels(box, image_size, rule="original_eval", clip=False, order_corners=False)
 
 
 def merge_boxes(boxes) -> list[float]:

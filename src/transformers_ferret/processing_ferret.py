@@ -26,7 +26,8 @@ from transformers.image_utils import get_image_size, make_flat_list_of_images, t
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 
 from .image_processing_ferret import prepare_images
-from .region_utils import mask_to_points, normalize_region, parse_grounded_text
+from .coordinates import parse_grounded_text
+from .region_utils import mask_to_points, normalize_region
 
 
 try:  # markers `apply_chat_template(..., sanitize_control_tokens=True)` puts around control tokens in user text
@@ -626,8 +627,9 @@ class FerretProcessor(ProcessorMixin):
 
         Returns:
             For each text (a single dict for a single string) a dict with `"text"` (the text without its coordinate
-            groups) and `"entities"` (list of `{"phrase", "box": [x1, y1, x2, y2], "span": (start, end)}`); see
-            [`parse_grounded_text`] for the rules. Malformed coordinates never raise.
+            groups) and `"entities"` (list of `{"phrase", "grid": grid values, "box": [x1, y1, x2, y2] pixels,
+            "span": (start, end)}`); see [`coordinates.parse_grounded_text`] for the rules (values clipped to the grid
+            and the image, corners ordered). Malformed coordinates never raise.
         """
         is_single = isinstance(texts, str)
         if not is_single and not (isinstance(texts, (list, tuple)) and all(isinstance(text, str) for text in texts)):

@@ -18,8 +18,8 @@ and sampling the fixed number of mask points the region sampler starts from.
 Conventions (those of the original Ferret code):
 
 * Coordinates are pixels of the *original* image, `x` to the right and `y` down, `(0, 0)` the top-left pixel.
-* Coordinate text lives on a 1000x1000 grid and is truncated: `int(x * 1000 / width)`, `int(y * 1000 / height)`.
-  A point is written `[x, y]`, a box `[x1, y1, x2, y2]`.
+* Coordinate text lives on a 1000x1000 grid and is truncated: `int(x * 1000 / width)`, `int(y * 1000 / height)`
+  (`coordinates.coordinate_text`). A point is written `[x, y]`, a box `[x1, y1, x2, y2]`.
 * A point's mask is the 11x11 square of pixels around it (`POINT_SPAN = 5` pixels each side), clipped to the image.
 * A box is inclusive: it covers the pixel columns `x1..x2` and rows `y1..y2`.
 * A free-form mask is written as the bounding box of its pixels and keeps its own pixels as the mask.
@@ -27,29 +27,23 @@ Conventions (those of the original Ferret code):
   `[width, height]`; only the order of the sampled points (sorted by `x`, then `y`) keeps a trace of that.
 """
 
-import re
 from numbers import Number
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
+from .coordinates import coordinate_text
+
 
 POINT_SPAN = 5
 """Half-size of a point's square window: a point covers `2 * POINT_SPAN + 1` pixels on each axis."""
-
-COORDINATE_GRID_SIZE = 1000
-"""Size of the virtual canvas on which coordinates are written in the text."""
 
 _MASK_VALUE_THRESHOLDS = {"f": 0.5, "i": 127, "u": 127}
 
 
 def _error(message: str) -> ValueError:
     return ValueError(f"Invalid entry in `regions`: {message}")
-
-
-def _coordinate_text(values) -> str:
-    return "[" + ", ".join(str(int(value)) for value in values) + "]"
 
 
 def _check_coordinates(coordinates: np.ndarray, original) -> None:
@@ -69,8 +63,7 @@ def _point_region(point: np.ndarray, height: int, width: int) -> tuple[np.ndarra
     column, row = int(x), int(y)
     mask = np.zeros((height, width), dtype=bool)
     mask[max(0, row - POINT_SPAN) : row + POINT_SPAN + 1, max(0, column - POINT_SPAN) : column + POINT_SPAN + 1] = True
-    text = _coordinate_text([x * COORDINATE_GRID_SIZE / width, y * COORDINATE_GRID_SIZE / height])
-    return mask, text
+    return mask, coordinate_text([x, y], width, height)
 
 
 def _box_region(box: np.ndarray, height: int, width: int) -> tuple[np.ndarray, str]:
@@ -89,9 +82,7 @@ def _box_region(box: np.ndarray, height: int, width: int) -> tuple[np.ndarray, s
     y1, y2 = np.clip([y1, y2], 0, height - 1)
     mask = np.zeros((height, width), dtype=bool)
     mask[int(y1) : int(y2) + 1, int(x1) : int(x2) + 1] = True
-    scale = np.array([width, height, width, height], dtype=np.float64)
-    text = _coordinate_text(np.array([x1, y1, x2, y2]) * COORDINATE_GRID_SIZE / scale)
-    return mask, text
+    return mask, coordinate_text([x1, y1, x2, y2], width, height)
 
 
 def binarize_mask(mask) -> np.ndarray:
@@ -153,9 +144,7 @@ def _mask_region(mask, height: int, width: int) -> tuple[np.ndarray, str]:
     columns, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
     if rows.size == 0:
         raise _error("the mask is empty (no pixel is inside the region).")
-    bounding_box = np.array([columns[0], rows[0], columns[-1], rows[-1]])
-    scale = np.array([width, height, width, height], dtype=np.float64)
-    return mask, _coordinate_text(bounding_box * COORDINATE_GRID_SIZE / scale)
+    return mask, coordinate_text([columns[0], rows[0], columns[-1], rows[-1]], width, height)
 
 
 def _as_coordinates(region) -> np.ndarray:
@@ -311,92 +300,4 @@ def mask_to_points(masks, num_points: int = 512, generator: torch.Generator | No
     return x_y / torch.tensor([width, height], dtype=torch.float32, device=device)
 
 
-# ASCII digits only (the model writes ASCII); the whitespace before a group is stripped in code, not by the pattern, so
-# that a long run of whitespace costs linear, not quadratic, time.
-_GROUNDING_BRACKET = re.compile(r"\[\s*(-?[0-9]+(?:\.[0-9]+)?(?:\s*,\s*-?[0-9]+(?:\.[0-9]+)?)*)\s*\]")
-_PHRASE_BOUNDARY = re.compile(r"[.!?;:\n]")
-_PHRASE_STRIP = " \t,"
-
-
-def grid_box_to_pixels(values, image_size: tuple[int, int]) -> list[int]:
-    """
-    Converts a box `[x1, y1, x2, y2]` or a point `[x, y]` on the 1000x1000 grid to an inclusive pixel box of the image.
-
-    Values are clipped to `[0, 999]`; a point becomes a zero-size box; corners are ordered so that `x1 <= x2` and
-    `y1 <= y2`; pixels are `int(v * width / 1000)` and `int(v * height / 1000)` as in the original evaluation code,
-    and always lie inside the image.
-
-    Args:
-        values (sequence of 2 or 4 numbers): grid coordinates.
-        image_size (`tuple[int, int]`): `(height, width)` of the original image.
-
-    Returns:
-        `list[int]`: `[x1, y1, x2, y2]` in pixels.
-    """
-    height, width = image_size
-    grid = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)), 0, COORDINATE_GRID_SIZE - 1)
-    if grid.size == 2:
-        grid = np.concatenate([grid, grid])
-    xs, ys = np.sort(grid[0::2]), np.sort(grid[1::2])
-    sizes = np.array([width, height, width, height], dtype=np.float64)
-    # Multiply before dividing: exact for integer grid values (`25 * 1160 / 1000` is 29, `25 * 1.16` is 28.999...).
-    pixels = (np.array([xs[0], ys[0], xs[1], ys[1]]) * sizes / COORDINATE_GRID_SIZE).astype(np.int64)
-    return np.minimum(pixels, np.array([width, height, width, height]) - 1).clip(min=0).tolist()
-
-
-def _phrase_before(segment: str, offset: int) -> tuple[str, tuple[int, int]]:
-    """The phrase at the end of `segment` (the cleaned text since the previous entity, which starts at `offset`)."""
-    start = max((match.end() for match in _PHRASE_BOUNDARY.finditer(segment)), default=0)
-    raw = segment[start:]
-    span_start = start + len(raw) - len(raw.lstrip(_PHRASE_STRIP))
-    span_end = max(span_start, len(segment) - (len(raw) - len(raw.rstrip(_PHRASE_STRIP))))
-    return segment[span_start:span_end], (offset + span_start, offset + span_end)
-
-
-def parse_grounded_text(text: str, image_size: tuple[int, int]) -> dict:
-    """
-    Extracts the boxes a Ferret answer grounds its phrases with, e.g. `"A cat [120, 300, 540, 880] on a mat."`.
-
-    Every bracket group holding 4 numbers (a box) or 2 numbers (a point, turned into a zero-size box) is an entity; its
-    box is converted to pixels with [`grid_box_to_pixels`]. The group and the whitespace before it (and the comma
-    between groups listed back to back) are removed from the text. The entity's phrase is the text between the
-    previous entity (or the last sentence punctuation `. ! ? ; :` or line break, or the start of the text) and the
-    group, stripped of spaces and commas; when that is empty (boxes listed back to back, as in `"two dogs [..], [..]"`)
-    the previous entity's phrase is reused. Other brackets (wrong count of numbers, non-numbers, unclosed) stay in the
-    text untouched; this never raises, and runs in time linear in the length of `text`.
-
-    Args:
-        text (`str`): decoded model output.
-        image_size (`tuple[int, int]`): `(height, width)` of the original image.
-
-    Returns:
-        `dict` with `"text"`: the text without the coordinate groups, and `"entities"`: a list of dicts with `"phrase"`
-        (`str`), `"box"` (`[x1, y1, x2, y2]` pixels of the original image) and `"span"` (`(start, end)` of the phrase
-        in the cleaned text).
-    """
-    pieces, cleaned_length, entities, copied_until = [], 0, [], 0
-    for match in _GROUNDING_BRACKET.finditer(text):
-        values = match.group(1).split(",")
-        if len(values) not in (2, 4):
-            continue
-        between = text[copied_until : match.start()].rstrip()  # the group takes the whitespace before it
-        if entities and not between.strip(_PHRASE_STRIP):
-            between = ""  # the separator of boxes listed back to back
-        copied_until = match.end()
-        phrase, span = _phrase_before(between, cleaned_length)
-        pieces.append(between)
-        cleaned_length += len(between)
-        if not phrase and entities:
-            phrase, span = entities[-1]["phrase"], entities[-1]["span"]
-        box = grid_box_to_pixels([float(value) for value in values], image_size)
-        entities.append({"phrase": phrase, "box": box, "span": span})
-    return {"text": "".join(pieces) + text[copied_until:], "entities": entities}
-
-
-__all__ = [
-    "binarize_mask",
-    "grid_box_to_pixels",
-    "mask_to_points",
-    "normalize_region",
-    "parse_grounded_text",
-]
+__all__ = ["binarize_mask", "mask_to_points", "normalize_region"]

@@ -63,6 +63,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .coordinates import coordinate_text
+
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -711,13 +713,6 @@ def make_samples(num_images: int, *, seed: int = 0, start: int = 0, **kwargs) ->
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def coordinate_text(box: Sequence[int], region_type: str, width: int, height: int) -> str:
-    """`[x1, y1, x2, y2]` (or `[x, y]` for a point) on the 1000-bin grid, truncated as the original code does."""
-    scale = (1000 / width, 1000 / height)
-    values = box[:2] if region_type == "point" else box
-    return "[" + ", ".join(str(int(value * scale[k % 2])) for k, value in enumerate(values)) + "]"
-
-
 def render_conversation(sample: dict, region_token: str | None = "<region_fea>") -> list[dict]:
     """
     The conversation with every placeholder replaced by its coordinate text, as the original training code writes it:
@@ -729,7 +724,8 @@ def render_conversation(sample: dict, region_token: str | None = "<region_fea>")
 
         def replace(match, boxes=boxes, types=types, suffix=suffix):
             k = int(match.group(1))
-            return coordinate_text(boxes[k], types[k], sample["image_w"], sample["image_h"]) + suffix
+            values = boxes[k][:2] if types[k] == "point" else boxes[k]
+            return coordinate_text(values, sample["image_w"], sample["image_h"]) + suffix
 
         rendered.append({"from": turn["from"], "value": _PLACEHOLDER_PATTERN.sub(replace, turn["value"])})
     return rendered
@@ -808,7 +804,6 @@ __all__ = [
     "TASKS",
     "ShapeObject",
     "ShapeScene",
-    "coordinate_text",
     "decode_mask",
     "diagonal_halves",
     "generate_scene",

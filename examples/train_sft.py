@@ -28,12 +28,19 @@ Examples:
 
 Training rows reach `FerretDataCollator` whole (`remove_unused_columns=False`): it draws point or box regions,
 writes coordinate text and region tokens, and supervises only the assistant replies.
+
+Several processes: `accelerate launch --config_file examples/accelerate/ddp_cpu.yaml examples/train_sft.py ...`
+trains 2 CPU processes under DDP (`--cpu` would start one). fsdp.yaml needs GPUs: on a CPU accelerate runs DDP
+instead, which this script warns about; deepspeed_zero3.yaml runs on CPUs too once deepspeed is installed (see the
+configs' headers). Only the main process writes the output folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -197,6 +204,64 @@ def lora_config(model, stage: str, rank: int = 8):
     )  # fmt: skip
 
 
+def distributed_setup_warnings(state, environ=os.environ) -> list[str]:
+    """What `accelerate launch` asked for and accelerate did not set up, from the launcher's environment variables
+    and the training's `AcceleratorState` (empty when they agree).
+
+    accelerate enables FSDP only on GPUs: launched with fsdp.yaml on a machine without them, a Trainer with `use_cpu`
+    runs DDP over gloo (`MULTI_CPU`) with num_processes processes, each holding the whole model, in the config's
+    mixed precision, and nothing says so. (The Trainer does set up DeepSpeed on CPUs; a plain Accelerator(cpu=True)
+    drops it the same way.)
+    """
+    from accelerate.utils import DistributedType
+
+    setup = (
+        f"{state.distributed_type.value} with {state.num_processes} process(es), mixed precision "
+        f"{state.mixed_precision}, on {state.device.type}"
+    )
+    warnings = []
+    asked = {
+        "FSDP": ("ACCELERATE_USE_FSDP", DistributedType.FSDP),
+        "DeepSpeed": ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED),
+    }
+    for name, (variable, distributed_type) in asked.items():
+        requested = environ.get(variable, "false").lower() in ("1", "true", "yes")
+        if requested and state.distributed_type != distributed_type:
+            why = " (accelerate enables FSDP on GPUs only)" if name == "FSDP" else ""
+            warnings.append(
+                f"`accelerate launch` was given a {name} config, but accelerate did not enable {name}{why}: this "
+                f"runs as {setup}, with the whole model on every process. For sharding on CPUs see "
+                "examples/accelerate/fsdp2_cpu.py; for DDP on CPUs use examples/accelerate/ddp_cpu.yaml."
+            )
+    launched = int(environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        warnings.append(
+            f"{launched} processes were launched (WORLD_SIZE), but accelerate set up {setup}: each process trains "
+            "alone on the whole data."
+        )
+    return warnings
+
+
+def save_trained(trainer, processor, output_dir: Path, lora: bool) -> None:
+    """Writes the trained model (LoRA merged, its adapter in `adapter/`) and the processor, from the main process only.
+
+    FSDP (on GPUs) and DeepSpeed ZeRO-3 spread the parameters over the ranks: there every rank joins the Trainer's
+    gather (`save_model`; fsdp.yaml uses FULL_STATE_DICT, deepspeed_zero3.yaml zero3_save_16bit_model) and rank 0
+    writes the whole model; with LoRA this saves the adapter, unmerged.
+    """
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        trainer.save_model(str(output_dir))  # collective; writes on the main process only
+    elif trainer.is_world_process_zero():  # every rank holds the same whole model (DDP): one writes it
+        trained = trainer.model
+        if lora:
+            trained.save_pretrained(output_dir / "adapter")
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(output_dir)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -285,19 +350,18 @@ def main(argv=None) -> dict:
     )
     if args.lora:  # PEFT re-froze the model: LoRA on the LLM, the stage's projectors and sampler fully trained
         print(f"Stage {stage} with LoRA:\n{format_trainable_summary(trainable_summary(trainer.model))}")
+    for warning in distributed_setup_warnings(trainer.accelerator.state):
+        if trainer.is_world_process_zero():
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
     output_dir = Path(args.output_dir)
-    trained = trainer.model
-    if args.lora:
-        trained.save_pretrained(output_dir / "adapter")
-        trained = trained.merge_and_unload()
-    trained.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
+    save_trained(trainer, processor, output_dir, args.lora)
     result = {"stage": stage, "first_loss": losses[0], "last_loss": losses[-1], "seconds": time.time() - start}
-    (output_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    if trainer.is_world_process_zero():
+        (output_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
     return result
 
 

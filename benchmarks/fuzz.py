@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from transformers_ferret import FerretImageProcessorPil, FerretProcessor
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+from transformers_ferret.conversion import convert_original_tokenizer
 
 
 IMAGE_TOKEN, REGION_TOKEN = "<image>", "<region_fea>"

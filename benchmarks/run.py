@@ -613,7 +613,7 @@ def bench_training(plan: Plan, table: Table) -> dict:
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
 
-    from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+    from transformers_ferret.conversion import convert_original_tokenizer
 
     tokenizer = convert_original_tokenizer(TINY_ORIGINAL_TOKENIZER)
     shape = replace(plan.train_shape, vocab_size=len(tokenizer))
@@ -713,7 +713,7 @@ def bench_processor(plan: Plan, table: Table) -> dict:
     from PIL import Image
 
     from transformers_ferret import FerretImageProcessorPil, FerretProcessor
-    from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+    from transformers_ferret.conversion import convert_original_tokenizer
 
     tokenizer = convert_original_tokenizer(TINY_ORIGINAL_TOKENIZER)
     processor = FerretProcessor(image_processor=FerretImageProcessorPil(), tokenizer=tokenizer)

@@ -49,10 +49,10 @@ import torch
 from PIL import Image
 
 from transformers_ferret import FerretConfig, FerretForConditionalGeneration, FerretImageProcessorPil, FerretProcessor
-from transformers_ferret.collator_ferret import FerretDataCollator
-from transformers_ferret.data_grit import load_grit, mask_to_rle
-from transformers_ferret.processing_ferret import FERRET_SYSTEM_PROMPT
-from transformers_ferret.training_stages import (
+from transformers_ferret.training.collator import FerretDataCollator
+from transformers_ferret.training.grit import load_grit, mask_to_rle
+from transformers_ferret.chat_templates import FERRET_SYSTEM_PROMPT
+from transformers_ferret.training.stages import (
     STAGES,
     apply_training_stage,
     format_trainable_summary,
@@ -148,7 +148,7 @@ def tiny_tokenizer(texts: list[str]):
 def tiny_model_and_processor(version: str, texts: list[str], tokenizer_dir: str | None = None, seed: int = 0):
     """A randomly initialised tiny Ferret (`"v1"`) or Ferret-v2 (`"v2"`) with 28 px images, and its processor."""
     if tokenizer_dir is not None:
-        from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+        from transformers_ferret.conversion import convert_original_tokenizer
 
         tokenizer = convert_original_tokenizer(tokenizer_dir)
     else:

@@ -9,9 +9,9 @@ from PIL import Image
 from tiny_models import tiny_processor, tiny_ferret_config, tiny_ferret_v2_config
 
 from transformers_ferret import FerretForConditionalGeneration, FerretImageProcessorPil, FerretProcessor
-from transformers_ferret.collator_ferret import FerretDataCollator
+from transformers_ferret.training.collator import FerretDataCollator
 from transformers_ferret.coordinates import coordinate_text
-from transformers_ferret.data_grit import load_grit, mask_to_rle
+from transformers_ferret.training.grit import load_grit, mask_to_rle
 
 TEXT_CONFIG = {"model_type": "llama", "vocab_size": 502, "hidden_size": 32, "intermediate_size": 64,
                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}  # fmt: skip

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tiny_models import tiny_processor
 
-from transformers_ferret.collator_ferret import FerretDataCollator
+from transformers_ferret.training.collator import FerretDataCollator
 from transformers_ferret.coordinates import coordinate_text, grid_to_pixels, parse_grounded_text, to_grid
 from transformers_ferret.evaluation import bins_to_pixels
 from transformers_ferret.region_utils import normalize_region

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transformers_ferret.data_grit import (
+from transformers_ferret.training.grit import (
     GRIT_FEATURES,
     coco_to_grit,
     load_grit,

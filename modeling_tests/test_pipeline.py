@@ -8,7 +8,7 @@ from tiny_models import tiny_ferret_model
 from transformers import pipeline
 
 from transformers_ferret import FerretImageProcessorPil, FerretProcessor
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+from transformers_ferret.conversion import convert_original_tokenizer
 from transformers_ferret.visualization import draw_grounding, draw_regions
 
 IMAGE_SIZE_WH = (200, 100)

@@ -11,8 +11,9 @@ from safetensors.numpy import load_file
 
 import transformers_ferret  # noqa: F401  (registers the Ferret classes with the Auto classes)
 from transformers_ferret.image_processing_ferret import FerretImageProcessorPil
-from transformers_ferret.processing_ferret import FERRET_SYSTEM_PROMPT, FerretProcessor
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+from transformers_ferret.chat_templates import FERRET_SYSTEM_PROMPT
+from transformers_ferret.processing_ferret import FerretProcessor
+from transformers_ferret.conversion import convert_original_tokenizer
 
 
 ALL_CASES = [

@@ -9,7 +9,7 @@ from transformers.image_processing_utils import select_best_resolution
 
 from transformers_ferret import FerretForConditionalGeneration, FerretImageProcessorPil, FerretProcessor
 from transformers_ferret.configuration_ferret import FERRET_V2_GRIDS
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+from transformers_ferret.conversion import convert_original_tokenizer
 
 TILE = 28
 

@@ -19,7 +19,7 @@ from transformers_ferret.chat_templates import (
     LLAMA3_CHAT_TEMPLATE,
     VICUNA_CHAT_TEMPLATE,
 )
-from transformers_ferret.processing_ferret import DEFAULT_CHAT_TEMPLATE, RENDER_CONTENT_MACRO
+from transformers_ferret.chat_templates import DEFAULT_CHAT_TEMPLATE, RENDER_CONTENT_MACRO
 from transformers_ferret.synthetic_shapes import generate_scene, with_article
 
 

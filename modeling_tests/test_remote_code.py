@@ -15,7 +15,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import transformers_ferret
 from transformers_ferret import FerretImageProcessorPil, FerretProcessor
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+from transformers_ferret.conversion import convert_original_tokenizer
 
 
 def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path, parity_dir):

@@ -9,9 +9,9 @@ from PIL import Image
 from tiny_models import tiny_processor, tiny_ferret_config, tiny_ferret_v2_config
 
 from transformers_ferret import FerretForConditionalGeneration, FerretImageProcessorPil, FerretProcessor
-from transformers_ferret.collator_ferret import FerretDataCollator
-from transformers_ferret.data_grit import load_grit, mask_to_rle
-from transformers_ferret.training_stages import apply_training_stage
+from transformers_ferret.training.collator import FerretDataCollator
+from transformers_ferret.training.grit import load_grit, mask_to_rle
+from transformers_ferret.training.stages import apply_training_stage
 
 import peft  # noqa: E402  (test dependencies: .[dev])
 import trl  # noqa: E402

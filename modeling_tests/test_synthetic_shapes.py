@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from transformers_ferret.evaluation import bins_to_pixels, box_iou, parse_boxes, rec_accuracy, roc_accuracy
+from transformers_ferret.training.grit import rle_to_mask
 from transformers_ferret.synthetic_shapes import (
     COLOURS,
     SHAPES,
     TASKS,
     ShapeObject,
-    decode_mask,
     diagonal_halves,
     generate_scene,
     make_sample,
@@ -117,7 +117,7 @@ def test_masks_decode_to_the_referred_objects(samples):
         for boxes, masks, types in zip(sample["box_x1y1x2y2"], sample["masks"], sample["region_types"]):
             for box, rle, region_type in zip(boxes, masks, types):
                 assert rle["size"] == [sample["image_h"], sample["image_w"]] and isinstance(rle["counts"], str)
-                mask = decode_mask(rle)
+                mask = rle_to_mask(rle)
                 assert mask.shape == (sample["image_h"], sample["image_w"]) and mask.any()
                 if region_type == "point":
                     assert box[0] == box[2] and box[1] == box[3] and mask[box[1], box[0]]
@@ -235,7 +235,7 @@ def test_same_bbox_task_asks_about_each_half_with_its_mask():
     questions = sample["conversations"][0::2]
     answers = [turn["value"] for turn in sample["conversations"][1::2]]
     boxes = [sample["box_x1y1x2y2"][k][0] for k in (0, 2)]
-    masks = [decode_mask(sample["masks"][k][0]) for k in (0, 2)]
+    masks = [rle_to_mask(sample["masks"][k][0]) for k in (0, 2)]
     assert boxes[0] == boxes[1]
     assert not (masks[0] & masks[1]).any()
     assert [sample["region_types"][k] for k in (0, 2)] == [["free-form"], ["free-form"]]

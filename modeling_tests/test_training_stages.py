@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_models import tiny_ferret_model, tiny_ferret_v2_model
 
-from transformers_ferret.training_stages import (
+from transformers_ferret.training.stages import (
     STAGES,
     apply_training_stage,
     format_trainable_summary,

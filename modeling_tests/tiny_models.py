@@ -144,7 +144,7 @@ def tiny_processor(parity_dir, num_region_points: int = NUM_POINTS, image_size: 
     """A FerretProcessor for the tiny models: the parity fixture's converted tokenizer (`<image>` = 501,
     `<region_fea>` = 500), a `image_size`-pixel stretch image processor, patch 14."""
     from transformers_ferret import FerretImageProcessorPil, FerretProcessor
-    from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+    from transformers_ferret.conversion import convert_original_tokenizer
 
     return FerretProcessor(
         image_processor=FerretImageProcessorPil(size={"height": image_size, "width": image_size}),

@@ -21,7 +21,7 @@ from recipe import SCENE_KWARGS, scene_kwargs  # noqa: E402
 
 import transformers_ferret  # noqa: E402,F401
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
-from transformers_ferret import FerretDataCollator  # noqa: E402
+from transformers_ferret.training import FerretDataCollator  # noqa: E402
 from transformers_ferret.evaluation import bins_to_pixels, box_iou, parse_boxes, rec_accuracy, roc_accuracy  # noqa: E402
 from transformers_ferret.synthetic_shapes import SHAPES, make_sample  # noqa: E402
 

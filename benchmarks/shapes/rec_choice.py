@@ -27,7 +27,7 @@ from rec_pointer import pointer_targets  # noqa: E402
 
 import transformers_ferret  # noqa: E402,F401
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
-from transformers_ferret import FerretDataCollator  # noqa: E402
+from transformers_ferret.training import FerretDataCollator  # noqa: E402
 from transformers_ferret.synthetic_shapes import COLOURS, SHAPES  # noqa: E402
 
 PROBE_SEED = 9000

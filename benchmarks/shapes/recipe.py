@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AddedToken, CLIPVisionConfig, LlamaConfig, PreTrainedTokenizerFast
 
 from transformers_ferret import FerretConfig, FerretForConditionalGeneration, FerretImageProcessorPil, FerretProcessor
-from transformers_ferret.processing_ferret import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT
+from transformers_ferret.chat_templates import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT
 from transformers_ferret.synthetic_shapes import make_sample, render_conversation
 
 SYSTEM_PROMPT = "A chat about an image. Points are [x, y], boxes [x1, y1, x2, y2], on a 1000x1000 grid. "

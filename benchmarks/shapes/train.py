@@ -31,8 +31,8 @@ from recipe import build_model, build_processor, sample_stream, scene_kwargs, to
 import transformers_ferret  # noqa: E402,F401  (registers Ferret with the Auto classes)
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
-from transformers_ferret import FerretDataCollator  # noqa: E402
-from transformers_ferret.data_grit import GRIT_FEATURES  # noqa: E402
+from transformers_ferret.training import FerretDataCollator  # noqa: E402
+from transformers_ferret.training.grit import GRIT_FEATURES  # noqa: E402
 
 GRIT_COLUMNS = list(GRIT_FEATURES)
 

@@ -19,7 +19,7 @@ from accelerate import Accelerator
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "modeling_tests"))
 from tiny_models import IMAGE_TOKEN_ID, batch_inputs, make_sample, tiny_ferret_model  # noqa: E402
 
-from transformers_ferret import apply_training_stage  # noqa: E402
+from transformers_ferret.training import apply_training_stage  # noqa: E402
 
 
 def main():

@@ -52,7 +52,7 @@ from torch.distributed.tensor import DTensor, Shard
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "modeling_tests"))
 import tiny_models as tiny  # noqa: E402
 
-from transformers_ferret import apply_training_stage  # noqa: E402
+from transformers_ferret.training import apply_training_stage  # noqa: E402
 from transformers_ferret.modeling_ferret_sampler import FerretRegionSampler  # noqa: E402
 
 

@@ -13,7 +13,12 @@
 # limitations under the License.
 """transformers-native Ferret: refer (points, boxes, free-form regions) and ground (boxes in text).
 
-Importing this package registers every Ferret class with transformers' Auto classes.
+Importing this package registers every Ferret class with transformers' Auto classes and loads the model core only:
+configuration, modeling (with the region sampler and Ferret-v2's tile packing), image processing, processing, chat
+templates and the coordinate grid. Training (`transformers_ferret.training`), evaluation
+(`transformers_ferret.evaluation`), the synthetic data (`transformers_ferret.synthetic_shapes`), the drawing helpers
+(`transformers_ferret.visualization`) and the converters' helpers (`transformers_ferret.conversion`) are imported
+where they are used.
 """
 
 from transformers import (
@@ -27,11 +32,9 @@ from transformers import (
 
 from .configuration_ferret import FerretConfig
 from .modeling_ferret import FerretForConditionalGeneration, FerretModel, FerretPreTrainedModel
-from .collator_ferret import FerretDataCollator
 from .image_processing_ferret import FerretImageProcessorPil
 from .modeling_ferret_sampler import FerretRegionSampler
 from .processing_ferret import FerretProcessor
-from .training_stages import apply_training_stage, format_trainable_summary
 
 AutoConfig.register(FerretConfig.model_type, FerretConfig, exist_ok=True)
 AutoModel.register(FerretConfig, FerretModel, exist_ok=True)
@@ -49,13 +52,10 @@ FerretProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "FerretConfig",
-    "FerretDataCollator",
     "FerretForConditionalGeneration",
     "FerretImageProcessorPil",
     "FerretModel",
     "FerretPreTrainedModel",
     "FerretProcessor",
     "FerretRegionSampler",
-    "apply_training_stage",
-    "format_trainable_summary",
 ]

@@ -37,7 +37,64 @@ system role: as Ferret-UI's `ferret_gemma_instruct`, the system text is written 
 first user turn, and a finished model turn ends with `<end_of_turn>\\n<eos>` (both supervised).
 """
 
-from .processing_ferret import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT, RENDER_CONTENT_MACRO
+FERRET_SYSTEM_PROMPT = (
+    "A chat between a human and an AI that understands visuals. In images, [x, y] denotes points: top-left [0, 0], "
+    "bottom-right [width-1, height-1]. Increasing x moves right; y moves down. Bounding box: [x1, y1, x2, y2]. "
+    "Image size: 1000x1000. Follow instructions. "
+)
+"""System text of the original `ferret_v1` conversation template (its trailing space is part of it)."""
+
+# Vicuna v1 as the original Ferret renders it: `<s>` + system + " " + "USER: <image>\n... " + "ASSISTANT: ...</s>" ...
+# ending with "ASSISTANT:" for generation. Images go first in their message; several text items are joined by "\n";
+# a region item is written as `<region>` where it stands, glued to the text around it (no newline, no space).
+# Every tag trims the whitespace around it, so only the quoted strings reach the output.
+RENDER_CONTENT_MACRO = """
+{%- macro render_content(content) -%}
+    {%- if content is string -%}
+        {{- content -}}
+    {%- else -%}
+        {%- for item in content if item.type == 'image' -%}
+            {{- '<image>\\n' -}}
+        {%- endfor -%}
+        {%- for item in content if item.type in ['text', 'region'] -%}
+            {%- if item.type == 'region' -%}
+                {{- '<region>' -}}
+            {%- else -%}
+                {{- ('\\n' if not loop.first and loop.previtem.type == 'text' else '') + item.text -}}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro -%}
+"""
+"""Jinja macro shared by the Ferret chat templates: images first in their message (`<image>\\n` each), then the text
+items joined by newlines, each region item (`{"type": "region", ...}`) written as the `<region>` placeholder where it
+stands, with no separator around it (`[text "What is ", region, text "?"]` -> `What is <region>?`)."""
+
+DEFAULT_CHAT_TEMPLATE = RENDER_CONTENT_MACRO + """
+{{- bos_token -}}
+{%- if messages and messages[0].role == 'system' -%}
+    {{- render_content(messages[0].content) + ' ' -}}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {{- '@FERRET_SYSTEM_PROMPT@ ' -}}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if message.role == 'user' -%}
+        {{- 'USER: ' + render_content(message.content) + ' ' -}}
+    {%- elif message.role == 'assistant' -%}
+        {{- 'ASSISTANT:' -}}
+        {%- generation -%}
+            {{- ' ' + render_content(message.content) + eos_token -}}
+        {%- endgeneration -%}
+    {%- else -%}
+        {{- raise_exception('Ferret conversations have system, user and assistant messages, got ' + message.role) -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- 'ASSISTANT:' -}}
+{%- endif -%}
+""".replace("@FERRET_SYSTEM_PROMPT@", FERRET_SYSTEM_PROMPT)
 
 
 FERRET_UI_SYSTEM_PROMPT = FERRET_SYSTEM_PROMPT.rstrip(" ")
@@ -188,9 +245,12 @@ def chat_template_for(model_type: str, tokenizer=None) -> str:
 
 __all__ = [
     "CHATML_CHAT_TEMPLATE",
+    "DEFAULT_CHAT_TEMPLATE",
+    "FERRET_SYSTEM_PROMPT",
     "FERRET_UI_SYSTEM_PROMPT",
     "GEMMA_CHAT_TEMPLATE",
     "LLAMA3_CHAT_TEMPLATE",
+    "RENDER_CONTENT_MACRO",
     "SUPPORTED_MODEL_TYPES",
     "TURN_END_TOKENS",
     "VICUNA_CHAT_TEMPLATE",

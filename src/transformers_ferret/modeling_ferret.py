@@ -94,6 +94,88 @@ class FerretCausalLMOutputWithPast(ModelOutput):
     image_outputs: FerretImageFeaturesOutput | None = None
 
 
+def check_pixel_values(pixel_values: torch.Tensor, name: str, expected_dim: int, channels: int) -> None:
+    """ValueError naming `name` for a wrong rank / channel count, or NaN / inf pixels (never NaN logits)."""
+    if pixel_values.dim() != expected_dim or pixel_values.shape[-3] != channels:
+        shape = "[num_images, " + ("max_tiles, " if expected_dim == 5 else "") + f"{channels}, height, width]"
+        raise ValueError(f"`{name}` must have shape {shape}, got {tuple(pixel_values.shape)}.")
+    if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():
+        raise ValueError(f"`{name}` contain NaN or inf values.")
+
+
+def check_region_inputs(
+    config: FerretConfig,
+    region_mask: torch.Tensor,
+    image_rows: torch.Tensor,
+    region_points: torch.Tensor | None,
+    region_counts: torch.Tensor | None,
+    num_images: int,
+) -> None:
+    """ValueError naming the argument when region inputs disagree with the region tokens (eager only: the checks
+    read tensor values)."""
+    tokens_per_row = region_mask.sum(-1)
+    if region_points is None:
+        raise ValueError(
+            f"`input_ids` hold {int(tokens_per_row.sum())} region tokens but no `region_points` were given; "
+            "build the inputs with FerretProcessor(regions=...)."
+        )
+    batch_size = region_mask.shape[0]
+    if region_points.dim() != 4 or region_points.shape[0] != batch_size or region_points.shape[-1] != 2:
+        raise ValueError(
+            f"`region_points` must have shape [batch_size={batch_size}, max_regions, num_points, 2], "
+            f"got {tuple(region_points.shape)}."
+        )
+    kept, neighbors = config.sampler_num_sub_points[0], config.sampler_num_neighbors[0]
+    if region_points.shape[2] < max(kept, neighbors):
+        raise ValueError(
+            f"`region_points` has {region_points.shape[2]} points per region but the region sampler keeps {kept} of "
+            f"them with {neighbors} neighbours; give {config.sampler_num_init_points} points per region "
+            "(`sampler_num_init_points`, the processor's `num_region_points`)."
+        )
+    if not torch.isfinite(region_points).all():
+        raise ValueError("`region_points` contain NaN or inf values.")
+    if region_counts is None:
+        region_counts = torch.full((batch_size,), region_points.shape[1], device=region_points.device)
+    region_counts = region_counts.to(tokens_per_row.device)
+    if not torch.equal(region_counts, tokens_per_row):
+        raise ValueError(
+            f"Each sample needs one region per region token: `region_counts` is {region_counts.tolist()} but the "
+            f"text holds {tokens_per_row.tolist()} region tokens per sample."
+        )
+    if int(region_counts.max()) > region_points.shape[1]:
+        raise ValueError(
+            f"`region_points` holds {region_points.shape[1]} region slots per sample but `region_counts` is "
+            f"{region_counts.tolist()}."
+        )
+    if (region_counts[~image_rows] > 0).any():
+        raise ValueError("Region tokens need an image: a sample with regions has no `<image>` tokens.")
+    if int(image_rows.sum()) != num_images:
+        raise ValueError(
+            f"With regions, every sample holds at most one image: {int(image_rows.sum())} samples have image "
+            f"tokens but `pixel_values` holds {num_images} images."
+        )
+
+
+def token_mask(
+    token_id: int, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, embeddings: nn.Module
+) -> torch.Tensor:
+    """`[batch, seq]` bool mask of `token_id`, found by id or, without ids, by comparing embeddings."""
+    if input_ids is not None:
+        return input_ids == token_id
+    token_embedding = embeddings(torch.tensor(token_id, device=inputs_embeds.device))
+    return (inputs_embeds == token_embedding).all(-1)
+
+
+def scatter_region_features(
+    inputs_embeds: torch.Tensor, region_mask: torch.Tensor, region_features: torch.Tensor
+) -> torch.Tensor:
+    """`inputs_embeds` `[batch, seq, hidden]` with the `r`-th region token of each sample replaced by slot `r` of
+    `region_features` `[batch, max_regions, hidden]` (`region_mask` `[batch, seq]` marks the region tokens)."""
+    slot = (region_mask.long().cumsum(-1) - 1).clamp(min=0, max=region_features.shape[1] - 1)  # [batch, seq]
+    per_token = region_features.gather(1, slot.unsqueeze(-1).expand(-1, -1, region_features.shape[-1]))
+    return torch.where(region_mask.unsqueeze(-1), per_token.to(inputs_embeds.dtype), inputs_embeds)
+
+
 class FerretMultiModalProjector(nn.Module):
     """Vision width -> language width: one linear layer (`"linear"`) or linear-GELU-linear (`"mlp2x_gelu"`)."""
 
@@ -250,9 +332,10 @@ class FerretModel(FerretPreTrainedModel):
         the global vision tower's.
         """
         if not is_torchdynamo_compiling():  # data-dependent checks run eagerly; a compiled graph trusts its inputs
-            self._check_pixel_values(pixel_values, "pixel_values", 4)
+            channels = self.config.vision_config.num_channels
+            check_pixel_values(pixel_values, "pixel_values", 4, channels)
             if pixel_values_tiles is not None:
-                self._check_pixel_values(pixel_values_tiles, "pixel_values_tiles", 5)
+                check_pixel_values(pixel_values_tiles, "pixel_values_tiles", 5, channels)
         wants_hidden_states = kwargs.get("output_hidden_states") or self.config.vision_config.output_hidden_states
         wants_attentions = kwargs.get("output_attentions") or self.config.vision_config.output_attentions
         vision_outputs = self.vision_tower(
@@ -322,20 +405,11 @@ class FerretModel(FerretPreTrainedModel):
         tile_side = self.config.tile_size // self.config.tile_patch_size
         return (global_tokens + image_grids.prod(-1) * tile_side**2).tolist()
 
-    def _token_mask(
-        self, token_id: int, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor
-    ) -> torch.Tensor:
-        """`[batch, seq]` bool mask of `token_id`, found by id or, without ids, by comparing embeddings."""
-        if input_ids is not None:
-            return input_ids == token_id
-        token_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
-        return (inputs_embeds == token_embedding).all(-1)
-
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
         """`[batch, seq, 1]` mask of the image tokens; ValueError when their count differs from the features'."""
-        image_mask = self._token_mask(self.config.image_token_id, input_ids, inputs_embeds)
+        image_mask = token_mask(self.config.image_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
         torch_compilable_check(
             image_mask.sum() == image_features.shape[0],
             lambda: f"Image features and image tokens do not match, tokens: {int(image_mask.sum())}, "
@@ -361,25 +435,6 @@ class FerretModel(FerretPreTrainedModel):
             image_outputs.region_maps, region_points, image_of_sample, image_outputs.map_extent
         )
 
-    @staticmethod
-    def scatter_region_features(
-        inputs_embeds: torch.Tensor, region_mask: torch.Tensor, region_features: torch.Tensor
-    ) -> torch.Tensor:
-        """`inputs_embeds` `[batch, seq, hidden]` with the `r`-th region token of each sample replaced by slot `r` of
-        `region_features` `[batch, max_regions, hidden]` (`region_mask` `[batch, seq]` marks the region tokens)."""
-        slot = (region_mask.long().cumsum(-1) - 1).clamp(min=0, max=region_features.shape[1] - 1)  # [batch, seq]
-        per_token = region_features.gather(1, slot.unsqueeze(-1).expand(-1, -1, region_features.shape[-1]))
-        return torch.where(region_mask.unsqueeze(-1), per_token.to(inputs_embeds.dtype), inputs_embeds)
-
-    def _check_pixel_values(self, pixel_values: torch.Tensor, name: str, expected_dim: int) -> None:
-        """ValueError naming `name` for a wrong rank / channel count, or NaN / inf pixels (never NaN logits)."""
-        channels = self.config.vision_config.num_channels
-        if pixel_values.dim() != expected_dim or pixel_values.shape[-3] != channels:
-            shape = "[num_images, " + ("max_tiles, " if expected_dim == 5 else "") + f"{channels}, height, width]"
-            raise ValueError(f"`{name}` must have shape {shape}, got {tuple(pixel_values.shape)}.")
-        if pixel_values.is_floating_point() and not torch.isfinite(pixel_values).all():
-            raise ValueError(f"`{name}` contain NaN or inf values.")
-
     def _dummy_region_feature(self, image_outputs: FerretImageFeaturesOutput) -> torch.Tensor:
         """The sampler's output for one region at the first image's centre, reduced to a scalar.
 
@@ -390,58 +445,6 @@ class FerretModel(FerretPreTrainedModel):
         points = torch.full((1, 1, num_points, 2), 0.5, device=image_outputs.region_maps.device)
         extent = image_outputs.map_extent[:1] if image_outputs.map_extent is not None else None
         return self.region_sampler(image_outputs.region_maps[:1], points, map_extent=extent).sum()
-
-    def _check_region_inputs(
-        self,
-        region_mask: torch.Tensor,
-        image_rows: torch.Tensor,
-        region_points: torch.Tensor | None,
-        region_counts: torch.Tensor | None,
-        num_images: int,
-    ) -> None:
-        """ValueError naming the argument when region inputs disagree with the region tokens (eager only: the checks
-        read tensor values)."""
-        tokens_per_row = region_mask.sum(-1)
-        if region_points is None:
-            raise ValueError(
-                f"`input_ids` hold {int(tokens_per_row.sum())} region tokens but no `region_points` were given; "
-                "build the inputs with FerretProcessor(regions=...)."
-            )
-        batch_size = region_mask.shape[0]
-        if region_points.dim() != 4 or region_points.shape[0] != batch_size or region_points.shape[-1] != 2:
-            raise ValueError(
-                f"`region_points` must have shape [batch_size={batch_size}, max_regions, num_points, 2], "
-                f"got {tuple(region_points.shape)}."
-            )
-        kept, neighbors = self.config.sampler_num_sub_points[0], self.config.sampler_num_neighbors[0]
-        if region_points.shape[2] < max(kept, neighbors):
-            raise ValueError(
-                f"`region_points` has {region_points.shape[2]} points per region but the region sampler keeps {kept} of "
-                f"them with {neighbors} neighbours; give {self.config.sampler_num_init_points} points per region "
-                "(`sampler_num_init_points`, the processor's `num_region_points`)."
-            )
-        if not torch.isfinite(region_points).all():
-            raise ValueError("`region_points` contain NaN or inf values.")
-        if region_counts is None:
-            region_counts = torch.full((batch_size,), region_points.shape[1], device=region_points.device)
-        region_counts = region_counts.to(tokens_per_row.device)
-        if not torch.equal(region_counts, tokens_per_row):
-            raise ValueError(
-                f"Each sample needs one region per region token: `region_counts` is {region_counts.tolist()} but the "
-                f"text holds {tokens_per_row.tolist()} region tokens per sample."
-            )
-        if int(region_counts.max()) > region_points.shape[1]:
-            raise ValueError(
-                f"`region_points` holds {region_points.shape[1]} region slots per sample but `region_counts` is "
-                f"{region_counts.tolist()}."
-            )
-        if (region_counts[~image_rows] > 0).any():
-            raise ValueError("Region tokens need an image: a sample with regions has no `<image>` tokens.")
-        if int(image_rows.sum()) != num_images:
-            raise ValueError(
-                f"With regions, every sample holds at most one image: {int(image_rows.sum())} samples have image "
-                f"tokens but `pixel_values` holds {num_images} images."
-            )
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -496,16 +499,18 @@ class FerretModel(FerretPreTrainedModel):
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
 
-        region_mask = self._token_mask(self.config.region_token_id, input_ids, inputs_embeds)
+        region_mask = token_mask(self.config.region_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
         if region_points is not None and pixel_values is None:
             raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
         if pixel_values is not None and not is_torchdynamo_compiling():  # decode steps embed region tokens as text
             image_rows = image_mask.squeeze(-1).any(-1)
             if region_points is not None or region_mask.any():
-                self._check_region_inputs(region_mask, image_rows, region_points, region_counts, pixel_values.shape[0])
+                check_region_inputs(
+                    self.config, region_mask, image_rows, region_points, region_counts, pixel_values.shape[0]
+                )
         if region_points is not None and region_points.shape[1] > 0:
             region_features = self.get_region_features(image_outputs, region_points, image_mask.squeeze(-1))
-            inputs_embeds = self.scatter_region_features(inputs_embeds, region_mask, region_features)
+            inputs_embeds = scatter_region_features(inputs_embeds, region_mask, region_features)
         elif self.training and pixel_values is not None:
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
 

@@ -26,6 +26,8 @@ from transformers.image_utils import get_image_size, make_flat_list_of_images, t
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 
 from .image_processing_ferret import prepare_images
+from .chat_regions import check_region_chat, conversations_of, take_region_items
+from .chat_templates import DEFAULT_CHAT_TEMPLATE
 from .coordinates import parse_grounded_text
 from .region_utils import mask_to_points, normalize_region
 
@@ -43,66 +45,6 @@ _UNMARKED = f"(?<!{_CONTROL_TOKEN_START})" if _CONTROL_TOKEN_START else ""
 def _without_marked_tokens(text: str) -> str:
     """`text` without the control tokens `sanitize_control_tokens` marked as user text (they are not placeholders)."""
     return _MARKED_TOKEN.sub("", text) if _MARKED_TOKEN is not None else text
-
-
-FERRET_SYSTEM_PROMPT = (
-    "A chat between a human and an AI that understands visuals. In images, [x, y] denotes points: top-left [0, 0], "
-    "bottom-right [width-1, height-1]. Increasing x moves right; y moves down. Bounding box: [x1, y1, x2, y2]. "
-    "Image size: 1000x1000. Follow instructions. "
-)
-"""System text of the original `ferret_v1` conversation template (its trailing space is part of it)."""
-
-# Vicuna v1 as the original Ferret renders it: `<s>` + system + " " + "USER: <image>\n... " + "ASSISTANT: ...</s>" ...
-# ending with "ASSISTANT:" for generation. Images go first in their message; several text items are joined by "\n";
-# a region item is written as `<region>` where it stands, glued to the text around it (no newline, no space).
-# Every tag trims the whitespace around it, so only the quoted strings reach the output.
-RENDER_CONTENT_MACRO = """
-{%- macro render_content(content) -%}
-    {%- if content is string -%}
-        {{- content -}}
-    {%- else -%}
-        {%- for item in content if item.type == 'image' -%}
-            {{- '<image>\\n' -}}
-        {%- endfor -%}
-        {%- for item in content if item.type in ['text', 'region'] -%}
-            {%- if item.type == 'region' -%}
-                {{- '<region>' -}}
-            {%- else -%}
-                {{- ('\\n' if not loop.first and loop.previtem.type == 'text' else '') + item.text -}}
-            {%- endif -%}
-        {%- endfor -%}
-    {%- endif -%}
-{%- endmacro -%}
-"""
-"""Jinja macro shared by the Ferret chat templates: images first in their message (`<image>\\n` each), then the text
-items joined by newlines, each region item (`{"type": "region", ...}`) written as the `<region>` placeholder where it
-stands, with no separator around it (`[text "What is ", region, text "?"]` -> `What is <region>?`)."""
-
-DEFAULT_CHAT_TEMPLATE = RENDER_CONTENT_MACRO + """
-{{- bos_token -}}
-{%- if messages and messages[0].role == 'system' -%}
-    {{- render_content(messages[0].content) + ' ' -}}
-    {%- set loop_messages = messages[1:] -%}
-{%- else -%}
-    {{- '@FERRET_SYSTEM_PROMPT@ ' -}}
-    {%- set loop_messages = messages -%}
-{%- endif -%}
-{%- for message in loop_messages -%}
-    {%- if message.role == 'user' -%}
-        {{- 'USER: ' + render_content(message.content) + ' ' -}}
-    {%- elif message.role == 'assistant' -%}
-        {{- 'ASSISTANT:' -}}
-        {%- generation -%}
-            {{- ' ' + render_content(message.content) + eos_token -}}
-        {%- endgeneration -%}
-    {%- else -%}
-        {{- raise_exception('Ferret conversations have system, user and assistant messages, got ' + message.role) -}}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- 'ASSISTANT:' -}}
-{%- endif -%}
-""".replace("@FERRET_SYSTEM_PROMPT@", FERRET_SYSTEM_PROMPT)
 
 
 def _original_image_size(image) -> tuple[int, int]:
@@ -139,86 +81,116 @@ def _compose_replacement_offsets(region_offsets: list[dict], image_offsets: list
     return sorted(composed, key=lambda offset: offset["span"][0])
 
 
-_REGION_GEOMETRIES = {"box": 4, "point": 2, "mask": None}
-"""Geometry keys of a region content item and the number of coordinates each takes (`None`: a 2-D mask)."""
-
-
-def _conversations_of(conversation) -> tuple[list, bool]:
-    """The conversations of an `apply_chat_template` input (lists of messages) and whether it was a batch."""
-    if isinstance(conversation, (list, tuple)) and conversation and (
-        isinstance(conversation[0], (list, tuple)) or hasattr(conversation[0], "messages")
-    ):
-        return [getattr(chat, "messages", chat) for chat in conversation], True
-    return [getattr(conversation, "messages", conversation)], False
-
-
-def _is_coordinate(value) -> bool:
-    return _is_number(value) and not isinstance(value, (bool, np.bool_)) and not (
-        isinstance(value, (np.ndarray, torch.Tensor)) and value.dtype in (np.bool_, torch.bool)
+def split_regions_per_sample(regions, batch_size: int) -> list[list]:
+    """Normalises `regions` to one list of regions per sample."""
+    if regions is None or (isinstance(regions, (list, tuple)) and len(regions) == 0):
+        return [[] for _ in range(batch_size)]
+    if not isinstance(regions, (list, tuple)) or all(_is_number(value) for value in regions):
+        regions = [regions]  # a single region
+    if len(regions) == batch_size and all(_is_list_of_regions(sample) for sample in regions):
+        return [list(sample) for sample in regions]
+    if batch_size == 1:
+        return [list(regions)]
+    raise ValueError(
+        f"`regions` must hold one list of regions per sample ({batch_size} samples in `text`), with an empty list "
+        f"for a sample without regions; got {len(regions)} entries."
     )
 
 
-def _region_of_item(item: dict, where: str) -> dict:
-    """
-    The region (`{"box" | "point" | "mask": value}`, as [`normalize_region`] takes it) of one `{"type": "region"}`
-    content item, checked for its form; `where` names the item in errors. Whether the region fits its image is checked
-    with the image, by the processor.
-    """
-    kinds = [kind for kind in _REGION_GEOMETRIES if item.get(kind) is not None]
-    if len(kinds) != 1:
-        found = "none of them" if not kinds else " and ".join(f'"{kind}"' for kind in kinds)
-        raise ValueError(
-            f'{where}: a region item needs exactly one of "box" [x1, y1, x2, y2], "point" [x, y] or "mask" (a '
-            f"[height, width] array, tensor or PIL image), got {found} (keys {sorted(item)})."
-        )
-    kind, value = kinds[0], item[kinds[0]]
-    if kind == "mask":
-        is_array = isinstance(value, (np.ndarray, torch.Tensor))
-        if not (isinstance(value, Image.Image) or is_array):
-            raise TypeError(
-                f'{where}: a region "mask" must be a [height, width] numpy array, torch tensor or PIL image, got '
-                f"{type(value).__name__}."
-            )
-        if is_array and value.ndim != 2:
-            raise ValueError(
-                f'{where}: a region "mask" must have 2 dimensions [height, width], got shape {tuple(value.shape)}.'
-            )
-        return {kind: value}
-    is_vector = isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 1
-    if not (is_vector or isinstance(value, (list, tuple))) or not all(_is_coordinate(v) for v in value):
-        raise TypeError(
-            f'{where}: a region "{kind}" must be a list of {_REGION_GEOMETRIES[kind]} numbers (pixels of the '
-            f"original image), got {value!r}."
-        )
-    if len(value) != _REGION_GEOMETRIES[kind]:
-        names = "[x1, y1, x2, y2]" if kind == "box" else "[x, y]"
-        raise ValueError(f'{where}: a region "{kind}" needs {_REGION_GEOMETRIES[kind]} numbers {names}, got {value!r}.')
-    return {kind: value}
+
+def _return_tensors_of(outputs: BatchFeature) -> str | None:
+    input_ids = outputs["input_ids"]
+    return "pt" if isinstance(input_ids, torch.Tensor) else "np" if isinstance(input_ids, np.ndarray) else None
 
 
-def _lower_region_items(content: list, placeholder: str, where: str) -> tuple[list, list[dict]]:
-    """
-    One message's content with its region items written as `placeholder` into its text items, as the Ferret chat
-    templates render them (glued to the text around them; text items still joined by newlines), so that templates that
-    know no region item render the same prompt. Returns the new content and the message's regions, in order; `where`
-    names the message in errors.
-    """
-    lowered, regions, target, previous = [], [], None, None
-    for index, item in enumerate(content):
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind not in ("text", "region"):
-            lowered.append(item)
+
+def batch_region_points(points_per_sample: list[np.ndarray], num_points: int, return_tensors) -> BatchFeature:
+    """Pads each sample's `[num_regions, N, 2]` points to `[batch_size, max_regions, N, 2]`."""
+    region_counts = np.array([len(points) for points in points_per_sample], dtype=np.int64)
+    region_points = np.zeros(
+        (len(points_per_sample), region_counts.max(), num_points, 2), dtype=np.float32
+    )
+    sample_index = np.repeat(np.arange(len(points_per_sample)), region_counts)
+    region_index = np.concatenate([np.arange(count) for count in region_counts])
+    region_points[sample_index, region_index] = np.concatenate(points_per_sample)
+    return BatchFeature(
+        {"region_points": region_points, "region_counts": region_counts}, tensor_type=return_tensors
+    )
+
+
+
+def write_region_texts(
+    text: str, slots: list[re.Match], coordinate_texts: list[str], placeholder: str, region_token: str
+) -> tuple[str, list[dict]]:
+    """`text` with each `placeholder` slot replaced by its region's coordinate text and the region token (slots that
+    are region tokens already keep their text), and the replacement offsets as
+    `ProcessorMixin.get_text_with_replacements` returns them."""
+    pieces, offsets, copied_until, shift = [], [], 0, 0
+    for slot, coordinate_text in zip(slots, coordinate_texts):
+        if slot.group() != placeholder:
             continue
-        if kind == "region":
-            regions.append(_region_of_item(item, f"{where}, content item {index}"))
-        text = placeholder if kind == "region" else item.get("text", "")
-        if previous is not None and not (previous == kind == "text"):
-            lowered[target] = {**lowered[target], "text": lowered[target].get("text", "") + text}
-        else:
-            target = len(lowered)
-            lowered.append(dict(item) if kind == "text" else {"type": "text", "text": text})
-        previous = kind
-    return lowered, regions
+        replacement = f"{coordinate_text} {region_token}"
+        start, end = slot.span()
+        pieces += [text[copied_until:start], replacement]
+        offsets.append(
+            {
+                "type": "region",
+                "span": (start, end),
+                "new_span": (start + shift, start + shift + len(replacement)),
+                "text": slot.group(),
+                "replacement": replacement,
+            }
+        )
+        copied_until, shift = end, shift + len(replacement) - (end - start)
+    return "".join(pieces) + text[copied_until:], offsets
+
+
+
+def image_sizes_per_text(image_sizes, num_texts: int) -> list[tuple[int, int]]:
+    """`image_sizes` (one `(height, width)` per text, or one for all) checked and repeated to one per text."""
+    if isinstance(image_sizes, torch.Tensor):
+        image_sizes = image_sizes.tolist()
+    try:
+        sizes = np.asarray(image_sizes, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        sizes = np.full((1, 2), np.nan)  # reported below
+    if not (np.isfinite(sizes).all() and (sizes >= 1).all()):
+        raise ValueError(f"`image_sizes` must be (height, width) pairs of positive integers, got {image_sizes!r}.")
+    sizes = sizes.astype(np.int64)
+    if len(sizes) == 1:
+        sizes = np.repeat(sizes, num_texts, axis=0)
+    if len(sizes) != num_texts:
+        raise ValueError(f"`image_sizes` has {len(sizes)} sizes for {num_texts} texts.")
+    return [tuple(size) for size in sizes.tolist()]
+
+
+def add_empty_region_inputs(outputs: BatchFeature, image_token_id: int, num_points: int) -> None:
+    """
+    Gives a tokenized batch with images and no region zero region slots, so that it batches with samples that have
+    regions; not when a sample holds several images (it could not have regions, the model would reject them).
+    """
+    if "pixel_values" not in outputs or "region_points" in outputs:
+        return
+    input_ids = outputs["input_ids"]
+    input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
+    if sum(image_token_id in ids for ids in input_ids) != len(outputs["pixel_values"]):
+        return
+    no_points = np.zeros((0, num_points, 2), dtype=np.float32)
+    points_per_sample = [no_points] * len(input_ids)
+    outputs.update(batch_region_points(points_per_sample, num_points, _return_tensors_of(outputs)))
+
+
+
+def split_images_per_sample(images, texts: list[str], image_token: str) -> list[list]:
+    """The images of each sample, in order: sample `i` takes as many as it has `<image>` tokens."""
+    flat_images = make_flat_list_of_images(images) if images is not None else []
+    ends = list(accumulate(sample_text.count(image_token) for sample_text in texts))
+    return [flat_images[end - sample_text.count(image_token) : end] for sample_text, end in zip(texts, ends)]
+
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class FerretProcessor(ProcessorMixin):
@@ -270,11 +242,7 @@ class FerretProcessor(ProcessorMixin):
         max_regions_per_sample=32,
         **kwargs,
     ):
-        if max_regions_per_sample is not None and (
-            isinstance(max_regions_per_sample, bool)
-            or not isinstance(max_regions_per_sample, int)
-            or max_regions_per_sample < 1
-        ):
+        if max_regions_per_sample is not None and not _is_positive_int(max_regions_per_sample):
             raise ValueError(
                 f"`max_regions_per_sample` must be a positive int or None, got {max_regions_per_sample!r}."
             )
@@ -343,8 +311,8 @@ class FerretProcessor(ProcessorMixin):
         sanitized = kwargs.get("sanitize_control_tokens")
         unmarked_texts = [_without_marked_tokens(sample) for sample in texts] if sanitized else texts
         self.validate_inputs(images=images, text=unmarked_texts)
-        images_per_sample = self._split_images_per_sample(images, unmarked_texts)
-        regions_per_sample = self._split_regions_per_sample(regions, len(texts))
+        images_per_sample = split_images_per_sample(images, unmarked_texts, self.image_token)
+        regions_per_sample = split_regions_per_sample(regions, len(texts))
         region_data = [
             self._expand_regions(index, sample_text, sample_images, sample_regions, region_generator)
             for index, (sample_text, sample_images, sample_regions) in enumerate(
@@ -365,7 +333,7 @@ class FerretProcessor(ProcessorMixin):
             ]
         points_per_sample = [points for _, _, points in region_data]
         if any(len(points) for points in points_per_sample):
-            outputs.update(self._batch_region_points(points_per_sample, self._return_tensors_of(outputs)))
+            outputs.update(batch_region_points(points_per_sample, self.num_region_points, _return_tensors_of(outputs)))
         return outputs
 
     def apply_chat_template(self, conversation, chat_template=None, processor_kwargs=None, **kwargs):
@@ -393,9 +361,10 @@ class FerretProcessor(ProcessorMixin):
                 index in a batch), the message and the content item, counted from 0.
             TypeError: a region item whose geometry has the wrong type.
         """
-        conversations, is_batched = _conversations_of(conversation)
+        conversations, is_batched = conversations_of(conversation)
         chat_names = [f"chat {index}, " if is_batched else "" for index in range(len(conversations))]
-        lowered, regions = zip(*map(self._take_region_items, conversations, chat_names))
+        placeholders = [self.region_placeholder] * len(conversations)
+        lowered, regions = zip(*map(take_region_items, conversations, chat_names, placeholders))
         regions_in_kwargs = (processor_kwargs or {}).get("regions") is not None
         if any(regions):
             if regions_in_kwargs:
@@ -403,95 +372,18 @@ class FerretProcessor(ProcessorMixin):
                     'Regions were given both as {"type": "region", ...} items in the messages and as '
                     '`processor_kwargs["regions"]`: give them one way (region items keep each chat\'s regions with it).'
                 )
-            sanitized = kwargs.get("sanitize_control_tokens", False)
+            ignored = self.region_token if kwargs.get("sanitize_control_tokens", False) else None  # typed as text
             needs_image = "images" not in (processor_kwargs or {})
             for chat, name, chat_regions in zip(conversations, chat_names, regions):
-                self._check_region_chat(chat, name, len(chat_regions), sanitized, needs_image)
+                check_region_chat(chat, name, len(chat_regions), self._region_slot_pattern, ignored, needs_image)
             processor_kwargs = {**(processor_kwargs or {}), "regions": list(regions)}
             conversation = list(lowered) if is_batched else lowered[0]
         outputs = super().apply_chat_template(
             conversation, chat_template=chat_template, processor_kwargs=processor_kwargs, **kwargs
         )
         if not regions_in_kwargs and isinstance(outputs, BatchFeature):
-            self._add_empty_region_inputs(outputs)
+            add_empty_region_inputs(outputs, self.image_token_id, self.num_region_points)
         return outputs
-
-    def _take_region_items(self, messages: list, chat_name: str) -> tuple[list, list[dict]]:
-        """A conversation with its region items written as `<region>` in their message's text, and its regions."""
-        lowered, regions = [], []
-        for message_index, message in enumerate(messages):
-            content = message.get("content") if isinstance(message, dict) else None
-            if not isinstance(content, (list, tuple)):
-                lowered.append(message)
-                continue
-            where = f"{chat_name}message {message_index} ({message.get('role')!r})"
-            content, message_regions = _lower_region_items(content, self.region_placeholder, where)
-            lowered.append({**message, "content": content})
-            regions += message_regions
-        return lowered, regions
-
-    def _check_region_chat(self, messages: list, chat_name: str, num_regions: int, sanitized: bool, needs_image: bool):
-        """
-        Checks one conversation of a call that gives regions as region items: no region placeholder typed in its text
-        (it would have no region), and exactly one image when it refers to regions.
-        """
-        num_images = 0
-        for message_index, message in enumerate(messages):
-            content = message.get("content") if isinstance(message, dict) else None
-            items = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
-            for item in items:
-                kind = item.get("type") if isinstance(item, dict) else None
-                num_images += kind in ("image", "image_url")
-                slots = self._region_slot_pattern.findall(item.get("text") or "") if kind == "text" else []
-                slots = [slot for slot in slots if not (sanitized and slot == self.region_token)]
-                if slots:
-                    raise ValueError(
-                        f"{chat_name}message {message_index} ({message.get('role')!r}) has {slots[0]!r} in its text, "
-                        'but this call gives regions as {"type": "region", ...} items, so it would have no region: '
-                        "put a region item where it stands."
-                    )
-        if num_regions and needs_image and num_images != 1:
-            raise ValueError(
-                f"{chat_name[:-2].capitalize() or 'The chat'} refers to {num_regions} regions with region items but "
-                f"has {num_images} images: a chat with regions needs exactly one image item, the one they lie on."
-            )
-
-    def _add_empty_region_inputs(self, outputs: BatchFeature) -> None:
-        """
-        Gives a tokenized batch with images and no region zero region slots, so that it batches with samples that have
-        regions; not when a sample holds several images (it could not have regions, the model would reject them).
-        """
-        if "pixel_values" not in outputs or "region_points" in outputs:
-            return
-        input_ids = outputs["input_ids"]
-        input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
-        if sum(self.image_token_id in ids for ids in input_ids) != len(outputs["pixel_values"]):
-            return
-        no_points = np.zeros((0, self.num_region_points, 2), dtype=np.float32)
-        points_per_sample = [no_points] * len(input_ids)
-        outputs.update(self._batch_region_points(points_per_sample, self._return_tensors_of(outputs)))
-
-    def _split_images_per_sample(self, images, texts: list[str]) -> list[list]:
-        """The images of each sample, in order: sample `i` takes as many as it has `<image>` tokens."""
-        flat_images = make_flat_list_of_images(images) if images is not None else []
-        ends = list(accumulate(sample_text.count(self.image_token) for sample_text in texts))
-        return [flat_images[end - sample_text.count(self.image_token) : end] for sample_text, end in zip(texts, ends)]
-
-    @staticmethod
-    def _split_regions_per_sample(regions, batch_size: int) -> list[list]:
-        """Normalises `regions` to one list of regions per sample."""
-        if regions is None or (isinstance(regions, (list, tuple)) and len(regions) == 0):
-            return [[] for _ in range(batch_size)]
-        if not isinstance(regions, (list, tuple)) or all(_is_number(value) for value in regions):
-            regions = [regions]  # a single region
-        if len(regions) == batch_size and all(_is_list_of_regions(sample) for sample in regions):
-            return [list(sample) for sample in regions]
-        if batch_size == 1:
-            return [list(regions)]
-        raise ValueError(
-            f"`regions` must hold one list of regions per sample ({batch_size} samples in `text`), with an empty list "
-            f"for a sample without regions; got {len(regions)} entries."
-        )
 
     def _expand_regions(
         self, index: int, text: str, images: list, regions: list, generator: torch.Generator | None
@@ -529,43 +421,9 @@ class FerretProcessor(ProcessorMixin):
             )
         image_size = _original_image_size(images[0])
         masks, coordinate_texts = zip(*(normalize_region(region, image_size) for region in regions))
-        pieces, offsets, copied_until, shift = [], [], 0, 0
-        for slot, coordinate_text in zip(slots, coordinate_texts):
-            if slot.group() != self.region_placeholder:
-                continue
-            replacement = f"{coordinate_text} {self.region_token}"
-            start, end = slot.span()
-            pieces += [text[copied_until:start], replacement]
-            offsets.append(
-                {
-                    "type": "region",
-                    "span": (start, end),
-                    "new_span": (start + shift, start + shift + len(replacement)),
-                    "text": slot.group(),
-                    "replacement": replacement,
-                }
-            )
-            copied_until, shift = end, shift + len(replacement) - (end - start)
+        text, offsets = write_region_texts(text, slots, coordinate_texts, self.region_placeholder, self.region_token)
         points = mask_to_points(masks, self.num_region_points, generator=generator)
-        return "".join(pieces) + text[copied_until:], offsets, points.numpy()
-
-    def _batch_region_points(self, points_per_sample: list[np.ndarray], return_tensors) -> BatchFeature:
-        """Pads each sample's `[num_regions, N, 2]` points to `[batch_size, max_regions, N, 2]`."""
-        region_counts = np.array([len(points) for points in points_per_sample], dtype=np.int64)
-        region_points = np.zeros(
-            (len(points_per_sample), region_counts.max(), self.num_region_points, 2), dtype=np.float32
-        )
-        sample_index = np.repeat(np.arange(len(points_per_sample)), region_counts)
-        region_index = np.concatenate([np.arange(count) for count in region_counts])
-        region_points[sample_index, region_index] = np.concatenate(points_per_sample)
-        return BatchFeature(
-            {"region_points": region_points, "region_counts": region_counts}, tensor_type=return_tensors
-        )
-
-    @staticmethod
-    def _return_tensors_of(outputs: BatchFeature) -> str | None:
-        input_ids = outputs["input_ids"]
-        return "pt" if isinstance(input_ids, torch.Tensor) else "np" if isinstance(input_ids, np.ndarray) else None
+        return text, offsets, points.numpy()
 
     def _process_images(self, images, **kwargs):
         image_inputs = self.image_processor(images, **kwargs)
@@ -635,23 +493,9 @@ class FerretProcessor(ProcessorMixin):
         if not is_single and not (isinstance(texts, (list, tuple)) and all(isinstance(text, str) for text in texts)):
             raise TypeError(f"`texts` must be a string or a list of strings, got {type(texts).__name__}.")
         texts = [texts] if is_single else list(texts)
-        if isinstance(image_sizes, torch.Tensor):
-            image_sizes = image_sizes.tolist()
-        try:
-            sizes = np.asarray(image_sizes, dtype=np.float64).reshape(-1, 2)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"`image_sizes` must be (height, width) pairs of positive integers, got {image_sizes!r}."
-            ) from None
-        if not (np.isfinite(sizes).all() and (sizes >= 1).all()):
-            raise ValueError(f"`image_sizes` must be (height, width) pairs of positive integers, got {image_sizes!r}.")
-        sizes = sizes.astype(np.int64)
-        if len(sizes) == 1:
-            sizes = np.repeat(sizes, len(texts), axis=0)
-        if len(sizes) != len(texts):
-            raise ValueError(f"`image_sizes` has {len(sizes)} sizes for {len(texts)} texts.")
-        results = [parse_grounded_text(text, tuple(size)) for text, size in zip(texts, sizes.tolist())]
+        sizes = image_sizes_per_text(image_sizes, len(texts))
+        results = [parse_grounded_text(text, tuple(size)) for text, size in zip(texts, sizes)]
         return results[0] if is_single else results
 
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "FERRET_SYSTEM_PROMPT", "FerretProcessor"]
+__all__ = ["FerretProcessor"]

@@ -55,8 +55,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .coordinates import coordinate_text
-from .region_utils import normalize_region
+from ..coordinates import coordinate_text
+from ..region_utils import normalize_region
 
 
 _BBOX_PLACEHOLDER = re.compile(r"<bbox_location(\d+)>")
@@ -173,7 +173,7 @@ class FerretDataCollator:
         rle = masks[turn_index][box_index]
         if rle is None:
             return None
-        from .data_grit import rle_to_mask
+        from .grit import rle_to_mask
 
         mask = rle_to_mask(rle)
         if mask.shape != (height, width):

@@ -1,0 +1,1 @@
+../../../src/transformers_ferret/chat_regions.py

@@ -30,8 +30,12 @@ What the output holds:
   `FerretForConditionalGeneration` initialises them (`--seed`); the stage-I projector, when given, replaces the CLIP
   projector; then the DINOv2 projector is initialised from the CLIP projector as the paper does (possible when the
   two encoders have the same width; otherwise it keeps its own initialisation and the script says so);
-* a padding token for a tokenizer without one: its unk token, else an end-of-text token that does not close assistant
-  turns (so padding is never a supervised token);
+* a padding token for a tokenizer without one (Llama-1/2 and Vicuna tokenizers have `<unk>`, `<s>`, `</s>` and no
+  pad token): its unk token, as Vicuna and LLaVA pad, else an end-of-text token that does not close assistant turns
+  (so padding is never a supervised token), else a new special token `<pad>` with a new row as above;
+* tokens of the language model's own tokenizer that have no row in its embedding matrix (a `<pad>` added without
+  resizing the model) get new rows as above, with a warning naming them, the tokenizer's size and the matrix's rows;
+  the written tokenizer is checked to have a row for every id;
 * `generation_config.json`: the language model's, with `suppress_tokens=[<image>]` and the chat template's end of
   turn added to its eos ids;
 * a `FerretProcessor`: global view stretched to CLIP's input size with CLIP's mean/std (from the CLIP folder's
@@ -39,12 +43,15 @@ What the output holds:
   the Ferret chat template of the language model's family.
 
 Every grid gives `(S/p)^2 + rows * cols * (S/q)^2` image tokens (S = CLIP's input size, p = CLIP's patch size,
-q = DINOv2's): 576 + 576 per tile for CLIP-L/14-336 with DINOv2 patch 14.
+q = DINOv2's): 576 + 576 per tile for CLIP-L/14-336 with DINOv2 patch 14. The script warns, naming the numbers and the
+grids that fit, when the largest grid's image tokens plus a typical one-region prompt in the chat template exceed the
+language model's `max_position_embeddings` (Vicuna v1.3: 2,048, while a 2x2 grid alone gives 2,880 image tokens).
 """
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,6 +73,7 @@ from transformers_ferret.configuration_ferret import FERRET_V2_GRIDS
 
 IMAGE_TOKEN = "<image>"
 REGION_TOKEN = "<region_fea>"
+PAD_TOKEN = "<pad>"  # added as padding token only when a tokenizer has neither a pad, an unk nor a spare end of text
 # Modules of a Ferret model that no pretrained part provides.
 NEW_MODULES = ("multi_modal_projector", "tile_projector", "tile_feature_adapter", "region_sampler")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -75,8 +83,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def _has_token(tokenizer, token: str) -> bool:
+    """Whether `token` is in the vocabulary. An unknown string maps to the unk id, so a token with the unk id is in the
+    vocabulary only when it is the unk token itself (a Llama-2 / Vicuna tokenizer's `<unk>` is a real token)."""
     token_id = tokenizer.convert_tokens_to_ids(token)
-    return token_id is not None and token_id != tokenizer.unk_token_id
+    return token_id is not None and (token_id != tokenizer.unk_token_id or token == tokenizer.unk_token)
 
 
 def add_ferret_tokens(tokenizer, image_token: str = IMAGE_TOKEN, region_token: str = REGION_TOKEN) -> list[str]:
@@ -98,9 +108,12 @@ def add_ferret_tokens(tokenizer, image_token: str = IMAGE_TOKEN, region_token: s
     return [token.content for token in new_tokens]
 
 
-def set_pad_token(tokenizer, turn_end: str | None) -> str | None:
-    """Gives a tokenizer without a padding token one that is never supervised: unk, else an end-of-text token that
-    does not close assistant turns. Returns the token chosen (None when the tokenizer already had one)."""
+def set_pad_token(tokenizer, turn_end: str | None, add_if_missing: bool = False) -> str | None:
+    """Gives a tokenizer without a padding token one that is never supervised: its unk token (as Vicuna and LLaVA
+    pad: Llama-1/2 and Vicuna tokenizers have `<unk>` and no pad token), else an end-of-text token that does not close
+    assistant turns. With `add_if_missing`, a tokenizer with none of these gets a new special token `<pad>` (the caller
+    must then give it an embedding row). Returns the token chosen (None when the tokenizer already had one, or when
+    none fits and `add_if_missing` is False)."""
     if tokenizer.pad_token is not None:
         return None
     for candidate in (tokenizer.unk_token, "<|finetune_right_pad_id|>", "<|end_of_text|>", "<|endoftext|>",
@@ -108,7 +121,52 @@ def set_pad_token(tokenizer, turn_end: str | None) -> str | None:
         if candidate and candidate != turn_end and _has_token(tokenizer, candidate):
             tokenizer.pad_token = candidate
             return candidate
-    return None
+    if not add_if_missing:
+        return None
+    tokenizer.add_special_tokens({"pad_token": AddedToken(PAD_TOKEN, normalized=False, special=True)})
+    return PAD_TOKEN
+
+
+def tokens_past_the_matrix(tokenizer, num_rows: int) -> dict[str, int]:
+    """The tokenizer's tokens whose ids have no row in an embedding matrix of `num_rows` rows."""
+    return {
+        token: token_id
+        for token_id, token in sorted((token_id, token) for token, token_id in tokenizer.get_vocab().items())
+        if token_id >= num_rows
+    }
+
+
+def warn_about_tokens_past_the_matrix(tokenizer, num_rows: int) -> dict[str, int]:
+    """Warns (and returns them) when the language model's own tokenizer has tokens past its embedding matrix, e.g. a
+    `<pad>` or `<image>` added to the tokenizer without resizing the model. Composition gives them rows (the mean
+    embedding row, a zero `lm_head` row) like the tokens it adds: the language model alone could not embed them."""
+    outside = tokens_past_the_matrix(tokenizer, num_rows)
+    if outside:
+        special = [token for token in outside if token in tokenizer.all_special_tokens]
+        named = ", ".join(f"{token!r} = {token_id}" for token, token_id in list(outside.items())[:10])
+        more = f" and {len(outside) - 10} more" if len(outside) > 10 else ""
+        warnings.warn(
+            f"The language model's tokenizer has {len(tokenizer)} tokens but its embedding matrix only {num_rows} "
+            f"rows: {len(outside)} token(s) have no row ({named}{more}; special tokens among them: "
+            f"{special or 'none'}). "
+            "The matrix is resized to cover them: their embedding rows are the mean row and their lm_head rows are "
+            "zero, i.e. untrained. Check that the tokenizer belongs to this language model.",
+            stacklevel=3,
+        )
+    return outside
+
+
+def check_tokenizer_fits(tokenizer, vocab_size: int, tokens: dict[str, int]) -> None:
+    """Raises when the composed model's tokenizer has an id without an embedding row, naming the sizes and tokens."""
+    outside = tokens_past_the_matrix(tokenizer, vocab_size)
+    mismatched = {token: (tokenizer.convert_tokens_to_ids(token), token_id) for token, token_id in tokens.items()
+                  if tokenizer.convert_tokens_to_ids(token) != token_id}  # fmt: skip
+    if outside or mismatched:
+        raise ValueError(
+            f"The composed tokenizer ({len(tokenizer)} tokens) does not fit the embedding matrix ({vocab_size} rows): "
+            f"tokens without a row {outside or 'none'}; special tokens whose tokenizer id differs from the model's "
+            f"(tokenizer id, model id): {mismatched or 'none'}."
+        )
 
 
 def grow_rows(weight: torch.Tensor, vocab_size: int, new_ids: list[int], num_original: int, fill: str) -> torch.Tensor:
@@ -137,6 +195,62 @@ def ferret_generation_config(source: GenerationConfig, tokenizer, family: str, i
         config.pad_token_id = tokenizer.pad_token_id
     config.suppress_tokens = sorted(set(config.suppress_tokens or []) | {image_token_id})
     return config
+
+
+# ---- context length -----------------------------------------------------------------------------------------------
+
+# A typical one-image, one-region Ferret question: with the chat template around it, the text an image prompt carries.
+TYPICAL_QUESTION = "What is the object [120, 340, 560, 780] <region_fea> in the image? Answer with its name and box."
+
+
+def typical_prompt_tokens(tokenizer, chat_template: str) -> int | None:
+    """Text tokens (image tokens excluded) of `TYPICAL_QUESTION` about one image, rendered by `chat_template` with
+    its default system prompt and the generation prompt; None when the template cannot render it."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": TYPICAL_QUESTION}]}]
+    try:
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # a custom template with other conventions: the estimate is only advisory
+        return None
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    return len(ids) - ids.count(image_token_id)
+
+
+def context_length_report(
+    grids: list[tuple[int, int]], global_tokens: int, tile_tokens: int, prompt_tokens: int, max_positions: int | None
+) -> tuple[dict, str | None]:
+    """The token budget of the largest grid's image prompt, and a warning when it exceeds `max_positions` (the
+    language model's `max_position_embeddings`). Every grid gives `global_tokens + rows * cols * tile_tokens` image
+    tokens (576 + 576 per tile for CLIP-L/14-336 and DINOv2 patch 14), plus `prompt_tokens` of text."""
+    rows, cols = max(grids, key=lambda grid: grid[0] * grid[1])
+    image_tokens = global_tokens + rows * cols * tile_tokens
+    report = {
+        "largest_grid": f"{rows}x{cols}",
+        "image_tokens": image_tokens,
+        "typical_prompt_text_tokens": prompt_tokens,
+        "typical_prompt_tokens": image_tokens + prompt_tokens,
+        "max_position_embeddings": max_positions,
+    }
+    if max_positions is None or image_tokens + prompt_tokens <= max_positions:
+        return report, None
+    fitting = [f"{r}x{c}" for r, c in grids if global_tokens + r * c * tile_tokens + prompt_tokens <= max_positions]
+    smallest = global_tokens + min(r * c for r, c in grids) * tile_tokens + prompt_tokens
+    advice = (
+        f"Grids that fit with that prompt: {', '.join(fitting)} (pass `--grids {' '.join(fitting)}`)"
+        if fitting
+        else f"No grid fits: even the smallest needs {smallest} positions"
+    )
+    message = (
+        f"The language model's max_position_embeddings is {max_positions}, but an image on the largest tile grid "
+        f"({rows}x{cols}, {rows * cols} tiles) gives {image_tokens} image tokens ({global_tokens} global + "
+        f"{rows * cols} x {tile_tokens} tile tokens), {image_tokens + prompt_tokens} with a typical prompt "
+        f"({prompt_tokens} text tokens: chat template, system prompt and a one-region question), before any answer. "
+        f"Positions past {max_positions} are beyond what the language model was trained on and its output degrades "
+        f"there. {advice}; or compose with a language model of a longer context."
+    )
+    return report, message
 
 
 # ---- parts --------------------------------------------------------------------------------------------------------
@@ -266,8 +380,12 @@ def compose(
     output_embeddings = language_model.get_output_embeddings().weight.detach()
     tied = output_embeddings.data_ptr() == input_embeddings.data_ptr()
     num_rows, num_original = input_embeddings.shape[0], min(len(tokenizer), input_embeddings.shape[0])
+    outside_matrix = warn_about_tokens_past_the_matrix(tokenizer, num_rows)
     added = add_ferret_tokens(tokenizer)
-    pad_token = set_pad_token(tokenizer, TURN_END_TOKENS.get(family) or tokenizer.eos_token)
+    size_before_pad = len(tokenizer)
+    pad_token = set_pad_token(tokenizer, TURN_END_TOKENS.get(family) or tokenizer.eos_token, add_if_missing=True)
+    if len(tokenizer) > size_before_pad:
+        added.append(pad_token)
     new_ids = [tokenizer.convert_tokens_to_ids(token) for token in added]
     vocab_size = max(num_rows, len(tokenizer))
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
@@ -307,6 +425,8 @@ def compose(
 
     with torch.device("meta"):
         model = FerretForConditionalGeneration(config)
+    special_ids = {IMAGE_TOKEN: image_token_id, REGION_TOKEN: region_token_id}
+    check_tokenizer_fits(tokenizer, vocab_size, special_ids)
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     allowed_missing = {"lm_head.weight"} if tied else set()
     missing = [name for name in missing if name not in allowed_missing and name.split(".")[1] not in NEW_MODULES]
@@ -337,6 +457,14 @@ def compose(
         chat_template = chat_template_for(text_config.model_type, tokenizer)
     processor = build_processor(tokenizer, config, clip, dinov2, chat_template)
     processor.save_pretrained(output_dir)
+    global_tokens = (side // config.vision_config.patch_size) ** 2
+    tile_tokens = (config.tile_size // config.tile_patch_size) ** 2
+    context, warning = context_length_report(
+        grid_list, global_tokens, tile_tokens, typical_prompt_tokens(tokenizer, chat_template) or 0,
+        getattr(text_config, "max_position_embeddings", None),
+    )  # fmt: skip
+    if warning is not None:
+        warnings.warn(warning, stacklevel=2)
 
     summary = {
         "language_model_type": text_config.model_type,
@@ -347,6 +475,8 @@ def compose(
         "region_token_id": region_token_id,
         "vocab_size": f"{num_rows} -> {vocab_size}",
         "pad_token_set": pad_token,
+        "tokens_past_the_language_models_matrix": outside_matrix,
+        "context": context,
         "new_modules": created,
         "stage1_projector": stage1_projector,
         "tile_projector": tile_projector_init,

@@ -2,7 +2,7 @@
 
     python conversion/convert_ferret_original.py --model-path FERRET_DIR --output-dir OUT [--vision-tower CLIP_DIR]
     python conversion/convert_ferret_original.py --delta-path DELTA_DIR --base-model-path VICUNA_DIR --output-dir OUT \
-        --vision-tower CLIP_DIR
+        --vision-tower CLIP_DIR [--tokenizer-path TOKENIZER_DIR]
 
 The original checkpoint is a Llama state dict (`model.*`, `lm_head.*`) plus `model.mm_projector.*` and
 `model.region_geo_sampler.*`, a config with `mm_*` fields, and a slow SentencePiece tokenizer with `<region_fea>`.
@@ -16,6 +16,15 @@ row are absolute values).
 The output gains one token, `<image>` (the processor writes one per image feature). Its embedding row is the
 mean of the others and its `lm_head` row is zero, and generation suppresses it, so the original vocabulary's
 logits are unchanged. Pickled weights are only ever read with `weights_only=True`.
+
+The tokenizer (the checkpoint's own files, or `--tokenizer-path`) must be the one the checkpoint was trained with:
+Ferret's training resized the embedding matrix to exactly the tokenizer, so the tokenizer must have one token per
+row, `<region_fea>` at the checkpoint's `im_region_fea_token`, and nothing past the matrix, leaving `<image>` the id
+of the appended row. Any other tokenizer is refused before the weights are read, with an error naming its size, the
+matrix's rows and the special tokens that do not land on their rows (a tokenizer smaller than the matrix would give
+`<image>` an id the model does not read as image: the first `generate` would fail with "Image features and image
+tokens do not match, tokens: 0"; a token past the matrix would have no embedding row). There is nothing to resize
+here: the rows of such a checkpoint were trained for another tokenizer.
 """
 
 import argparse
@@ -34,7 +43,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, GenerationConfig, Ll
 from transformers_ferret import FerretConfig, FerretForConditionalGeneration
 from transformers_ferret.image_processing_ferret import FerretImageProcessorPil
 from transformers_ferret.processing_ferret import FerretProcessor
-from transformers_ferret.tokenization_utils_ferret import convert_original_tokenizer
+from transformers_ferret.conversion import convert_original_tokenizer
 
 # Keys of the original checkpoint that are not Llama weights: absolute values in the released deltas
 # (the list the original apply_delta asserts on).
@@ -200,6 +209,57 @@ def convert_state_dict(original: dict[str, torch.Tensor], config: FerretConfig) 
     return add_image_token_rows(rename_original_state_dict(original), config.image_token_id)
 
 
+def check_tokenizer_fits(tokenizer, config: FerretConfig, num_rows: int, image_token: str = "<image>",
+                         region_token: str = "<region_fea>") -> None:  # fmt: skip
+    """Raises a `ValueError` unless the converted tokenizer (with `<region_fea>` and `<image>`) fits a checkpoint
+    whose embedding matrix has `num_rows` rows: `<region_fea>` at `config.region_token_id`, `<image>` at `num_rows`
+    (the row the conversion appends, `config.image_token_id`) and no other token at or past `num_rows`. The message
+    names the tokenizer's size, the matrix's rows and the special tokens that are outside the matrix or on another
+    row than the model's."""
+    expected = {region_token: config.region_token_id, image_token: config.image_token_id}
+    found = {token: tokenizer.convert_tokens_to_ids(token) for token in expected}
+    past_matrix = {
+        token: token_id
+        for token_id, token in sorted((token_id, token) for token, token_id in tokenizer.get_vocab().items())
+        if token_id >= num_rows and not (token == image_token and token_id == num_rows)
+    }
+    if found == expected and not past_matrix:
+        return
+    added_image = found[image_token] == len(tokenizer) - 1
+    size = len(tokenizer) - added_image
+    comparison = (
+        f"{num_rows - size} fewer than" if size < num_rows else f"{size - num_rows} more than" if size > num_rows
+        else "as many as"
+    )  # fmt: skip
+    problems = []
+    for token, model_id in expected.items():
+        token_id = found[token]
+        if token_id != model_id:
+            where = ("outside the converted matrix" if token_id > num_rows else "the row appended for <image>"
+                     if token_id == num_rows else "inside the matrix")  # fmt: skip
+            problems.append(f"{token} has id {token_id} in the tokenizer ({where}) but {model_id} in the model")
+    if past_matrix:
+        named = ", ".join(f"{token!r} = {token_id}" for token, token_id in list(past_matrix.items())[:10])
+        more = f" and {len(past_matrix) - 10} more" if len(past_matrix) > 10 else ""
+        problems.append(f"tokens past the checkpoint's {num_rows} rows: {named}{more}")
+    consequence = ""
+    if found[image_token] > num_rows:
+        consequence = " The converted model could not embed the tokenizer's <image> (index out of range)."
+    elif found[image_token] != num_rows:
+        consequence = (
+            " Prompts would carry no id the model reads as an image token: the converted model's first generate "
+            "would fail with 'Image features and image tokens do not match, tokens: 0'."
+        )
+    raise ValueError(
+        f"The tokenizer does not fit the checkpoint: it has {size} tokens{' before <image> is added' * added_image}, "
+        f"{comparison} the {num_rows} rows of the checkpoint's embedding matrix (config.json vocab_size; "
+        f"{region_token} is row {config.region_token_id}, {image_token} becomes row {num_rows}). "
+        f"{'; '.join(problems)}.{consequence} Convert with the tokenizer the checkpoint was trained with "
+        f"(tokenizer.model, tokenizer_config.json and added_tokens.json with {region_token} = "
+        f"{config.region_token_id}, {num_rows} tokens in all): in the checkpoint folder or through --tokenizer-path."
+    )
+
+
 def load_vision_tower(model_path: Path | None, vision_tower: str | None) -> CLIPVisionModel:
     """The CLIP tower: `<model_path>/vision_tower` if present (the original loader's preference), else `vision_tower`."""
     local = model_path / "vision_tower" if model_path is not None else None
@@ -209,9 +269,11 @@ def load_vision_tower(model_path: Path | None, vision_tower: str | None) -> CLIP
     return CLIPVisionModel.from_pretrained(source)
 
 
-def build_processor(tokenizer_dir: Path, vision_config: CLIPVisionConfig, clip_dir: str | None) -> FerretProcessor:
-    """Tokenizer with `<image>` and `<region_fea>`, Ferret's stretch-to-square image processor, Vicuna chat template."""
-    tokenizer = convert_original_tokenizer(tokenizer_dir)
+def build_processor(tokenizer, vision_config: CLIPVisionConfig, clip_dir: str | None) -> FerretProcessor:
+    """Tokenizer with `<image>` and `<region_fea>` (a converted tokenizer, or the folder of an original one), Ferret's
+    stretch-to-square image processor, Vicuna chat template."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = convert_original_tokenizer(tokenizer)
     image_kwargs = {}
     clip_preprocessor = Path(clip_dir) / "preprocessor_config.json" if clip_dir is not None else None
     if clip_preprocessor is not None and clip_preprocessor.is_file():
@@ -229,8 +291,12 @@ def convert(
     delta_path: str | None = None,
     base_model_path: str | None = None,
     dtype: str | None = None,
+    tokenizer_path: str | None = None,
 ) -> None:
-    """Writes `output_dir` with safetensors weights, config, generation config and processor files."""
+    """Writes `output_dir` with safetensors weights, config, generation config and processor files.
+
+    The tokenizer comes from `tokenizer_path` when given, else from the checkpoint (or delta) folder; it is checked
+    against the checkpoint before any weight is read (see `check_tokenizer_fits`)."""
     if (delta_path is None) == (model_path is None):
         raise ValueError("Pass either --model-path, or --delta-path with --base-model-path.")
     if delta_path is not None and base_model_path is None:
@@ -242,6 +308,8 @@ def convert(
 
     clip = load_vision_tower(source, vision_tower)
     config = build_config(original_config, clip.config)
+    tokenizer = convert_original_tokenizer(tokenizer_path or source)
+    check_tokenizer_fits(tokenizer, config, original_config["vocab_size"])
     weights = load_state_dict(source)
     if delta_path is not None:
         weights = apply_delta(load_state_dict(base_model_path), weights)
@@ -266,7 +334,7 @@ def convert(
         suppress_tokens=[config.image_token_id],
     )
     model.save_pretrained(output_dir)
-    processor = build_processor(source, config.vision_config, vision_tower or original_config.get("mm_vision_tower"))
+    processor = build_processor(tokenizer, config.vision_config, vision_tower or original_config.get("mm_vision_tower"))
     processor.save_pretrained(output_dir)
 
 
@@ -278,8 +346,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delta-path", help="Apple's released Ferret delta folder")
     parser.add_argument("--base-model-path", help="Vicuna v1.3 folder the delta applies to")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="default: the checkpoint's")
+    parser.add_argument("--tokenizer-path", help="original tokenizer folder (default: the checkpoint or delta folder)")
     args = parser.parse_args(argv)
-    convert(args.output_dir, args.model_path, args.vision_tower, args.delta_path, args.base_model_path, args.dtype)
+    convert(
+        args.output_dir, args.model_path, args.vision_tower, args.delta_path, args.base_model_path, args.dtype,
+        args.tokenizer_path,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 Everything is built offline in temporary folders: the parts with `save_pretrained`, byte-level BPE tokenizers with
 each family's special tokens trained in memory, and the tiny SentencePiece tokenizer of the parity fixtures for
-Vicuna.
+Vicuna (with its `pad_token` `<unk>`, as Vicuna v1.3 ships it) and for Llama-2 (the same model without
+`special_tokens_map.json`: `<unk>`, `<s>`, `</s>` and no pad token, as meta-llama/Llama-2-*-hf ship it).
 """
 
 import importlib.util
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,7 @@ from transformers_ferret.chat_templates import (
     VICUNA_CHAT_TEMPLATE,
     chat_template_for,
 )
-from transformers_ferret.processing_ferret import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT
+from transformers_ferret.chat_templates import DEFAULT_CHAT_TEMPLATE, FERRET_SYSTEM_PROMPT
 
 from tiny_models import ORIGINAL_FERRET_FIXTURES
 
@@ -73,7 +75,9 @@ FAMILIES = {
         "<end_of_turn>\n<eos>",
     ),
     "vicuna": (None, None, "</s>"),
+    "llama2": (None, None, "</s>"),  # Vicuna's template; a SentencePiece tokenizer without a pad token
 }
+SENTENCEPIECE_FAMILIES = ("vicuna", "llama2")
 TEXT_KWARGS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, head_dim=8, max_position_embeddings=512)  # fmt: skip
 
@@ -121,13 +125,22 @@ def write_dinov2(folder: Path, hidden_size: int = 16) -> Path:
     return folder
 
 
+def write_llama2_tokenizer(folder: Path, with_pad: bool = False) -> Path:
+    """The parity fixture's SentencePiece Llama tokenizer (500 pieces: `<unk>` = 0, `<s>` = 1, `</s>` = 2). Without
+    `with_pad` it has no pad token, as Llama-2 (its `tokenizer_config.json` says `"pad_token": null`); with it, the
+    fixture's `special_tokens_map.json` makes `<unk>` the pad token, as Vicuna v1.3."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ("tokenizer.model", "tokenizer_config.json") + (("special_tokens_map.json",) if with_pad else ())
+    for name in names:
+        shutil.copyfile(PARITY / "ferret_tiny" / name, folder / name)
+    return folder
+
+
 def write_llm(folder: Path, family: str) -> Path:
     """A tiny causal LM of `family` with its tokenizer (and, for Llama-3, an instruct-style generation config)."""
     torch.manual_seed(3)
-    if family == "vicuna":
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copyfile(PARITY / "ferret_tiny" / name, folder / name)
+    if family in SENTENCEPIECE_FAMILIES:
+        write_llama2_tokenizer(folder, with_pad=family == "vicuna")
         tokenizer = AutoTokenizer.from_pretrained(folder)
         config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, **TEXT_KWARGS)
         LlamaForCausalLM(config).save_pretrained(folder)
@@ -171,7 +184,19 @@ class Composed:
         self.llm_dir = write_llm(root / "llm", family)
         self.output_dir = root / "ferret"
         self.stage1 = None
-        if family == "llama3":  # stage-I projector in LLaVA's mm_projector.bin layout, through the command line
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self._compose(compose, root)
+        self.warnings = [str(warning.message) for warning in caught]
+        self.clip = CLIPVisionModel.from_pretrained(self.clip_dir).eval()
+        self.dinov2 = Dinov2Model.from_pretrained(self.dinov2_dir).eval()
+        self.llm = AutoModelForCausalLM.from_pretrained(self.llm_dir).eval()
+        self.llm_tokenizer = AutoTokenizer.from_pretrained(self.llm_dir)
+        self.model = FerretForConditionalGeneration.from_pretrained(self.output_dir).eval()
+        self.processor = FerretProcessor.from_pretrained(self.output_dir)
+
+    def _compose(self, compose, root: Path) -> None:
+        if self.family == "llama3":  # stage-I projector in LLaVA's mm_projector.bin layout, through the command line
             generator = torch.Generator().manual_seed(4)
             self.stage1 = {
                 "model.mm_projector.0.weight": torch.randn(32, 16, generator=generator),
@@ -188,12 +213,6 @@ class Composed:
             self.summary = None
         else:
             self.summary = compose.compose(self.clip_dir, self.dinov2_dir, self.llm_dir, self.output_dir)
-        self.clip = CLIPVisionModel.from_pretrained(self.clip_dir).eval()
-        self.dinov2 = Dinov2Model.from_pretrained(self.dinov2_dir).eval()
-        self.llm = AutoModelForCausalLM.from_pretrained(self.llm_dir).eval()
-        self.llm_tokenizer = AutoTokenizer.from_pretrained(self.llm_dir)
-        self.model = FerretForConditionalGeneration.from_pretrained(self.output_dir).eval()
-        self.processor = FerretProcessor.from_pretrained(self.output_dir)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -316,7 +335,7 @@ def test_config_and_processor_settings(composed):
 
 def _expected_prompt(family: str, question: str, answer: str | None) -> str:
     """The family's rendering of `[user: <image> + question, (assistant: answer)]` with Ferret's system text."""
-    if family == "vicuna":
+    if family in SENTENCEPIECE_FAMILIES:
         prompt = f"<s>{FERRET_SYSTEM_PROMPT} USER: <image>\n{question} ASSISTANT:"
         return prompt + (f" {answer}</s>" if answer else "")
     system = FERRET_UI_SYSTEM_PROMPT
@@ -361,7 +380,7 @@ def test_assistant_mask_covers_exactly_the_reply_and_its_turn_end(composed):
     tokenizer = composed.processor.tokenizer
     replies = [tokenizer.decode(ids[start:end]) for start, end in spans]
     turn_end = FAMILIES[composed.family][2]
-    if composed.family == "vicuna":  # SentencePiece: the reply's first piece carries the space after "ASSISTANT:"
+    if composed.family in SENTENCEPIECE_FAMILIES:  # the reply's first SentencePiece piece carries the space after ":"
         replies = [reply.removeprefix(" ") for reply in replies]
     assert replies == [f"A cat [10, 20, 30, 40].{turn_end}", f"A dog.{turn_end}"]
     assert outputs["region_counts"].tolist() == [2]
@@ -398,6 +417,173 @@ def test_a_family_without_ferret_template_needs_an_explicit_one(tmp_path):
     summary = compose.compose(clip, dinov2, tmp_path / "llm", tmp_path / "out", grids=["1x2"], chat_template=template)
     assert summary["chat_template"] == "custom" and summary["grids"] == ["1x2"]
     assert FerretProcessor.from_pretrained(tmp_path / "out").chat_template == template
+
+
+def test_left_padded_batch_with_tiles_and_regions_equals_single_samples(composed):
+    """Two different prompts (an image on different tile grids, one and two regions) padded on the left: each sample's
+    logits on its real tokens equal its single-sample run. For Llama-2 the padding token is `<unk>`, set by
+    composition (the tokenizer had none, and padding failed with "Asking to pad but the tokenizer does not have a
+    padding token")."""
+    processor = composed.processor
+    tokenizer = processor.tokenizer
+    images = [random_image(30, 80, seed=6), random_image(90, 40, seed=7)]
+    questions = ["What is <region>?", "Compare <region> with <region>, in a few words please."]
+    regions = [[(10, 5, 40, 25)], [(5, 10, 30, 60), (20, 50)]]
+    prompts = [
+        processor.apply_chat_template(_conversation(image, question), add_generation_prompt=True)
+        for image, question in zip(images, questions)
+    ]
+    kwargs = dict(return_tensors="pt", add_special_tokens=False)
+    batch = processor(images=images, text=prompts, regions=regions, padding=True, padding_side="left", **kwargs)
+    if composed.family == "llama2":
+        assert composed.llm_tokenizer.pad_token is None
+        assert composed.summary["pad_token_set"] == "<unk>"
+        assert tokenizer.pad_token == "<unk>" and tokenizer.pad_token_id == tokenizer.unk_token_id == 0
+    assert composed.model.generation_config.pad_token_id == tokenizer.pad_token_id is not None
+    assert batch["image_grids"].tolist()[0] != batch["image_grids"].tolist()[1]  # different tile grids
+    assert min(rows * cols for rows, cols in batch["image_grids"].tolist()) > 1
+    mask = batch["attention_mask"].bool()
+    assert not mask.all() and (batch["input_ids"][~mask] == tokenizer.pad_token_id).all()
+    with torch.no_grad():
+        batched = composed.model(**batch).logits
+        for row, (image, prompt, sample_regions) in enumerate(zip(images, prompts, regions)):
+            single = processor(images=image, text=prompt, regions=[sample_regions], **kwargs)
+            assert torch.equal(batch["input_ids"][row][mask[row]], single["input_ids"][0])
+            logits = composed.model(**single).logits[0]
+            assert (batched[row][mask[row]] - logits).abs().max() <= 1e-4
+
+
+def test_no_context_or_vocabulary_warning_for_parts_that_fit(composed):
+    assert not [text for text in composed.warnings if "max_position_embeddings" in text or "embedding matrix" in text]
+    if composed.summary is not None:
+        context = composed.summary["context"]
+        assert context["max_position_embeddings"] == 512 and context["typical_prompt_tokens"] <= 512
+        assert context["typical_prompt_text_tokens"] > 20 and context["image_tokens"] == 4 + 6 * 4  # 1x6 grid
+
+
+# ---- padding token, tokens past the matrix, context length ---------------------------------------------------------
+
+
+def test_pad_token_choice(tmp_path):
+    compose = load_script("compose_ferret_v2")
+    llama2 = AutoTokenizer.from_pretrained(write_llama2_tokenizer(tmp_path / "llama2"))
+    assert llama2.pad_token is None and llama2.unk_token == "<unk>"
+    assert compose._has_token(llama2, "<unk>") and not compose._has_token(llama2, "<image>")
+    assert compose.set_pad_token(llama2, "</s>") == "<unk>" and llama2.pad_token_id == 0
+    # No unk and the only end of text closes turns: nothing to reuse; a new <pad> only when asked.
+    bare = bpe_tokenizer(["<s>", "</s>"], bos_token="<s>", eos_token="</s>")
+    assert compose.set_pad_token(bare, "</s>") is None and bare.pad_token is None
+    assert compose.set_pad_token(bare, "</s>", add_if_missing=True) == "<pad>"
+    assert bare.pad_token_id == len(bare) - 1
+    # A tokenizer that has one keeps it.
+    qwen2 = bpe_tokenizer(FAMILIES["qwen2"][0], **FAMILIES["qwen2"][1])
+    assert compose.set_pad_token(qwen2, "<|im_end|>") is None and qwen2.pad_token == "<|endoftext|>"
+
+
+def test_a_tokenizer_without_unk_or_spare_end_of_text_gets_a_new_pad_row(tmp_path):
+    compose = load_script("compose_ferret_v2")
+    clip, dinov2 = write_clip(tmp_path / "clip"), write_dinov2(tmp_path / "dinov2")
+    tokenizer = bpe_tokenizer(["<s>", "</s>"], bos_token="<s>", eos_token="</s>")
+    size = len(tokenizer)
+    torch.manual_seed(3)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=size, bos_token_id=0, eos_token_id=1, **TEXT_KWARGS))
+    llm.save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    summary = compose.compose(clip, dinov2, tmp_path / "llm", tmp_path / "out", grids=["1x2"])
+    assert summary["pad_token_set"] == "<pad>"
+    assert summary["added_tokens"] == {"<region_fea>": size, "<image>": size + 1, "<pad>": size + 2}
+    model = FerretForConditionalGeneration.from_pretrained(tmp_path / "out")
+    processor = FerretProcessor.from_pretrained(tmp_path / "out")
+    assert processor.tokenizer.pad_token == "<pad>" and processor.tokenizer.pad_token_id == size + 2
+    assert model.config.text_config.vocab_size == size + 3 and model.generation_config.pad_token_id == size + 2
+    mean_row = llm.get_input_embeddings().weight.detach().mean(0)
+    torch.testing.assert_close(model.get_input_embeddings().weight[size + 2], mean_row, rtol=0, atol=1e-6)
+    assert model.lm_head.weight[size + 2].abs().sum() == 0
+
+
+def test_tokenizer_tokens_past_the_language_models_matrix_are_named_and_get_rows(tmp_path):
+    """A Llama-2 tokenizer with a `<pad>` added but a model never resized: 501 tokens, 500 rows."""
+    compose = load_script("compose_ferret_v2")
+    clip, dinov2 = write_clip(tmp_path / "clip"), write_dinov2(tmp_path / "dinov2")
+    folder = write_llama2_tokenizer(tmp_path / "llm")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    torch.manual_seed(3)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, **TEXT_KWARGS))
+    llm.save_pretrained(folder)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    tokenizer.save_pretrained(folder)
+    with pytest.warns(UserWarning, match=r"501 tokens but its embedding matrix only 500 rows.*'<pad>' = 500") as record:
+        summary = compose.compose(clip, dinov2, folder, tmp_path / "out", grids=["1x2"])
+    assert "special tokens among them: ['<pad>']" in str(record[0].message)
+    assert summary["tokens_past_the_language_models_matrix"] == {"<pad>": 500}
+    assert summary["added_tokens"] == {"<region_fea>": 501, "<image>": 502} and summary["vocab_size"] == "500 -> 503"
+    model = FerretForConditionalGeneration.from_pretrained(tmp_path / "out")
+    mean_row = llm.get_input_embeddings().weight.detach().mean(0)
+    for row in (500, 501, 502):
+        torch.testing.assert_close(model.get_input_embeddings().weight[row], mean_row, rtol=0, atol=1e-6)
+        assert model.lm_head.weight[row].abs().sum() == 0
+    with torch.no_grad():  # every id of the tokenizer embeds
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 500, 501, 2]])).logits).all()
+
+
+def test_check_tokenizer_fits_names_ids_without_rows():
+    compose = load_script("compose_ferret_v2")
+    tokenizer = bpe_tokenizer(["<s>", "</s>"], bos_token="<s>", eos_token="</s>")
+    compose.add_ferret_tokens(tokenizer)
+    size = len(tokenizer)
+    compose.check_tokenizer_fits(tokenizer, size, {"<region_fea>": size - 2, "<image>": size - 1})
+    with pytest.raises(ValueError, match=rf"\({size} tokens\).*\({size - 1} rows\).*'<image>': {size - 1}"):
+        compose.check_tokenizer_fits(tokenizer, size - 1, {"<image>": size - 1})
+    with pytest.raises(ValueError, match=rf"'<image>': \({size - 1}, 7\)"):
+        compose.check_tokenizer_fits(tokenizer, size, {"<image>": 7})
+
+
+def test_context_length_report_with_vicuna_v1_3_numbers():
+    """CLIP-L/14-336 + DINOv2 patch 14: 576 tokens per view; Vicuna v1.3 has 2,048 positions; the Vicuna template
+    with Ferret's system prompt and a one-region question is ~243 text tokens (the issue's 2x2 prompt: 3,123)."""
+    compose = load_script("compose_ferret_v2")
+    paper_grids = compose.parse_grids(None)
+    report, message = compose.context_length_report(paper_grids, 576, 576, 243, 2048)
+    assert report == {"largest_grid": "1x6", "image_tokens": 4032, "typical_prompt_text_tokens": 243,
+                      "typical_prompt_tokens": 4275, "max_position_embeddings": 2048}  # fmt: skip
+    for text in ("max_position_embeddings is 2048", "(1x6, 6 tiles) gives 4032 image tokens",
+                 "576 global + 6 x 576 tile tokens", "4275 with a typical prompt", "243 text tokens",
+                 "fit with that prompt: 1x1, 1x2, 2x1 (pass `--grids 1x1 1x2 2x1`)"):  # fmt: skip
+        assert text in message, text
+    report, message = compose.context_length_report([(2, 2)], 576, 576, 243, 2048)
+    assert report["typical_prompt_tokens"] == 3123 and "No grid fits: even the smallest needs 3123 positions" in message
+    _, message = compose.context_length_report(paper_grids, 576, 576, 243, 4096)  # Vicuna v1.5: 4,096 positions
+    assert "1x5" in message.split("fit with that prompt: ")[1] and "2x3" not in message.split("fit with that prompt")[1]
+    assert compose.context_length_report([(1, 2), (2, 1)], 576, 576, 243, 2048)[1] is None  # 1971 positions fit
+    assert compose.context_length_report(paper_grids, 576, 576, 243, None)[1] is None  # no limit known
+
+
+def test_composition_warns_when_the_largest_grid_exceeds_the_position_embeddings(tmp_path):
+    compose = load_script("compose_ferret_v2")
+    clip, dinov2 = write_clip(tmp_path / "clip"), write_dinov2(tmp_path / "dinov2")
+    folder = write_llama2_tokenizer(tmp_path / "llm")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    compose.add_ferret_tokens(tokenizer)
+    text_tokens = compose.typical_prompt_tokens(tokenizer, VICUNA_CHAT_TEMPLATE)
+    max_positions = 4 + 4 + text_tokens  # exactly the 1x1 grid's prompt (4 global + 4 tile tokens)
+    kwargs = {**TEXT_KWARGS, "max_position_embeddings": max_positions}
+    LlamaForCausalLM(LlamaConfig(vocab_size=500, bos_token_id=1, eos_token_id=2, **kwargs)).save_pretrained(folder)
+    with pytest.warns(UserWarning, match="max_position_embeddings") as record:
+        summary = compose.compose(clip, dinov2, folder, tmp_path / "out", grids=["1x1", "2x2", "1x3"])
+    message = str(record[0].message)
+    for text in (f"max_position_embeddings is {max_positions}", "(2x2, 4 tiles) gives 20 image tokens",
+                 "4 global + 4 x 4 tile tokens", f"{20 + text_tokens} with a typical prompt",
+                 f"({text_tokens} text tokens", "fit with that prompt: 1x1 (pass `--grids 1x1`)"):  # fmt: skip
+        assert text in message, text
+    assert summary["context"]["typical_prompt_tokens"] == 20 + text_tokens
+    # The estimate is the real prompt: the same question about a square image (2x2 grid) through the processor.
+    processor = FerretProcessor.from_pretrained(tmp_path / "out")
+    image = random_image(1000, 1000, seed=8)
+    question = compose.TYPICAL_QUESTION.replace("[120, 340, 560, 780] <region_fea>", "<region>")
+    prompt = processor.apply_chat_template(_conversation(image, question), add_generation_prompt=True)
+    inputs = processor(images=image, text=prompt, regions=[(120, 340, 560, 780)], add_special_tokens=False)
+    assert inputs["image_grids"][0].tolist() == [2, 2]
+    assert len(inputs["input_ids"][0]) == 20 + text_tokens
 
 
 # ---- chat_template_for ----------------------------------------------------------------------------------------------

@@ -95,3 +95,32 @@ def test_delta_without_base_is_refused(delta_setup):
     converter, *_, delta_dir, root = delta_setup
     with pytest.raises(ValueError, match="base-model-path"):
         converter.main(["--delta-path", str(delta_dir), "--output-dir", str(root / "never")])
+
+
+def test_delta_with_a_tokenizer_that_does_not_fit_is_refused_before_reading_weights(delta_setup, tmp_path):
+    """The tokenizer is checked against config.json before the (multi-GB) delta and base are read: here the base path
+    does not even exist, and the error is the tokenizer's."""
+    converter, *_, delta_dir, root = delta_setup
+    wrong = tmp_path / "delta_wrong_tokenizer"
+    _copy_tree(delta_dir, wrong)
+    (wrong / "added_tokens.json").write_text('{"<region_fea>": 500, "<pad>": 501}')
+    with pytest.raises(ValueError, match=r"502 tokens before <image> is added, 1 more than the 501 rows.*'<pad>' = 5"):
+        converter.main(["--delta-path", str(wrong), "--base-model-path", str(tmp_path / "absent"),
+                        "--output-dir", str(tmp_path / "never")])  # fmt: skip
+    assert not (tmp_path / "never").exists()
+
+
+def test_delta_with_the_base_vicuna_tokenizer_through_tokenizer_path(delta_setup, tmp_path):
+    """Vicuna's own tokenizer (500 pieces, no `<region_fea>`) fits: `<region_fea>` is added at 500, as in the delta."""
+    converter, _, _, base_dir, delta_dir, _ = delta_setup
+    vicuna_tokenizer = tmp_path / "vicuna_tokenizer"
+    vicuna_tokenizer.mkdir()
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copyfile(PARITY / "ferret_tiny" / name, vicuna_tokenizer / name)
+    output = tmp_path / "converted"
+    converter.main(["--delta-path", str(delta_dir), "--base-model-path", str(base_dir), "--output-dir", str(output),
+                    "--tokenizer-path", str(vicuna_tokenizer)])  # fmt: skip
+    from transformers_ferret import FerretProcessor
+
+    tokenizer = FerretProcessor.from_pretrained(output).tokenizer
+    assert tokenizer.convert_tokens_to_ids(["<region_fea>", "<image>"]) == [500, 501] and tokenizer.pad_token == "<unk>"

@@ -13,6 +13,7 @@ quoted (taken from those files at v5.15.0, the newest version readable offline: 
 tests).
 """
 
+import contextlib
 import copy
 import unittest
 import warnings
@@ -79,6 +80,7 @@ class FerretModelTester:
         self.region_token_index = region_token_index
         self.pad_token_id = pad_token_id
         self.use_regions = use_regions
+        self.vision_feature_layer = -2  # Ferret's: the second-to-last layer
         self.region_counts = list(region_counts)[:batch_size] if use_regions else [0] * batch_size
         self.region_positions = region_positions
         self.num_points = num_points
@@ -115,7 +117,7 @@ class FerretModelTester:
             text_config=text_config.to_dict(),
             image_token_index=self.image_token_index,
             region_token_index=self.region_token_index,
-            vision_feature_layer=-2,
+            vision_feature_layer=self.vision_feature_layer,
             sampler_num_init_points=self.num_points,
             sampler_num_sub_points=[8, 4],
             sampler_num_neighbors=[4, 4],
@@ -177,20 +179,34 @@ class FerretModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase
 
     # ---- skips and expected failures taken from transformers' LLaVA / LLaVA-NeXT tests ------------------------
 
-    # Upstream LLaVA marks these "This architecture seems to not compute gradients for some layer."; here the layers
-    # without gradients are the vision tower's last layer and post-layernorm, unused with vision_feature_layer=-2
-    # (their per-parameter subtests fail; the training step itself passes).
-    @pytest.mark.xfail(reason="This architecture seems to not compute gradients for some layer.")
+    # Upstream LLaVA marks these xfail ("This architecture seems to not compute gradients for some layer."). What
+    # gets no gradient here is exactly what Ferret never reads: with vision_feature_layer=-2 the vision tower's last
+    # layer, and always CLIP's post-layernorm (it only feeds the pooled output). The checks run on a config that reads
+    # the last layer, with the post-layernorm frozen (the upstream check skips frozen parameters), and must pass.
+    @contextlib.contextmanager
+    def _every_read_layer_trains(self):
+        self.model_tester.vision_feature_layer = -1
+        original_post_init = FerretModel.post_init
+
+        def post_init(model):
+            original_post_init(model)
+            if isinstance(model, FerretModel):
+                model.vision_tower.post_layernorm.requires_grad_(False)
+
+        with mock.patch.object(FerretModel, "post_init", post_init):
+            yield
+
     def test_training_gradient_checkpointing(self):
-        super().test_training_gradient_checkpointing()
+        with self._every_read_layer_trains():
+            super().test_training_gradient_checkpointing()
 
-    @pytest.mark.xfail(reason="This architecture seems to not compute gradients for some layer.")
     def test_training_gradient_checkpointing_use_reentrant_false(self):
-        super().test_training_gradient_checkpointing_use_reentrant_false()
+        with self._every_read_layer_trains():
+            super().test_training_gradient_checkpointing_use_reentrant_false()
 
-    @pytest.mark.xfail(reason="This architecture seems to not compute gradients for some layer.")
     def test_training_gradient_checkpointing_use_reentrant_true(self):
-        super().test_training_gradient_checkpointing_use_reentrant_true()
+        with self._every_read_layer_trains():
+            super().test_training_gradient_checkpointing_use_reentrant_true()
 
     @unittest.skip(
         "VLMs need lots of steps to prepare images/mask correctly to get pad-free inputs. "

@@ -4,6 +4,7 @@ pipeline batches, errors."""
 import copy
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pytest
 import torch
@@ -31,7 +32,7 @@ TEMPLATES = {
     "chatml": CHATML_CHAT_TEMPLATE,
     "gemma": GEMMA_CHAT_TEMPLATE,
 }
-# The macro of templates saved before region items existed (e.g. the shipped checkpoint's): image and text items only.
+# The macro of templates saved before region items existed (as the shipped checkpoint's was): image and text items only.
 MACRO_WITHOUT_REGION_ITEMS = """
 {%- macro render_content(content) -%}
     {%- if content is string -%}
@@ -387,3 +388,17 @@ def test_pipeline_error_for_a_bad_region_item_names_its_message(shipped_pipeline
     chats[2][0]["content"][2] = {"type": "region", "box": [1, 2, 3]}
     with pytest.raises(ValueError, match=r"^message 0 \('user'\), content item 2: a region \"box\" needs 4 numbers"):
         shipped_pipeline(text=chats, batch_size=4, max_new_tokens=2)
+
+
+def test_the_shipped_checkpoints_own_template_renders_region_items():
+    """Tools that render a checkpoint's chat template themselves (tokenizer-level rendering, serving stacks) see region
+    items too: the shipped folder's template writes them as `<region>` where they stand."""
+    template = (SHIPPED_CHECKPOINT / "chat_template.jinja").read_text()
+    conversation = [{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "What is the object "}, {"type": "region", "box": [1, 2, 3, 4]},
+        {"type": "text", "text": "?"},
+    ]}]  # fmt: skip
+    rendered = jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).from_string(
+        template.replace("{%- generation -%}", "").replace("{%- endgeneration -%}", "")
+    ).render(messages=conversation, bos_token="<s>", eos_token="</s>", add_generation_prompt=True)
+    assert rendered.endswith("USER: <image>\nWhat is the object <region>? ASSISTANT:")

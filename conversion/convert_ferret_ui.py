@@ -1,7 +1,8 @@
 """Convert an original Ferret-UI checkpoint (apple/ml-ferret, `ferretui/`) to the transformers-native Ferret format.
 
-    python conversion/convert_ferret_ui.py --model-path FERRET_UI_DIR --output-dir OUT --vision-tower CLIP_DIR \
-        [--dtype float32|float16|bfloat16]
+    python conversion/convert_ferret_ui.py --model-path FERRET_UI_DIR --output-dir OUT [--vision-tower CLIP_DIR] \
+        [--tokenizer-path TOKENIZER_DIR] [--vision-tower-weights mm_vision_tower|checkpoint] \
+        [--resize-embeddings-to-tokenizer] [--dtype float32|float16|bfloat16]
 
 A Ferret-UI checkpoint is a Gemma-2B (`model_type` `ferret_gemma`) or Llama-3-8B (`ferret_llama`) state dict plus
 `model.mm_projector.{0,2}.*` (the `mlp2x_gelu` projector), `model.region_geo_sampler.*` and possibly
@@ -16,23 +17,40 @@ newline tokens); the region sampler reads the merged tile map plus the global ma
 In our config that is: no `tile_vision_config`, `image_grid_pinpoints` = Ferret-UI's five grids 1x2, 2x1, 2x2, 1x3,
 3x1 (its pinpoints are (width, height); ours are [height, width]; no 1x1), `tile_size` = CLIP's input size,
 `global_upsample_mode="nearest"`, `sampler_transposed_read=True` (the original's transposed feature read), and CLIP's
-mean/std for the tiles too.
+mean/std for the tiles too. What the original did under transformers 4.39 that transformers 5 does differently is
+written into the converted folder as explicit settings:
 
-The CLIP config (and, when the checkpoint has no tower weights, the weights) come from `<model-path>/vision_tower/`
-when present, else from `--vision-tower` (a local `openai/clip-vit-large-patch14-336` folder or Hub id); tower
-weights in the checkpoint take precedence. As for Ferret, `<image>` is added to the tokenizer (the processor writes
-one per image feature): its embedding row is the mean of the original vocabulary's rows, its `lm_head` row zero
-(with Gemma's tied embeddings the one shared row is the mean row), and generation suppresses it.
+* Gemma: transformers 4.39's `GemmaModel` multiplied the whole `inputs_embeds` by `sqrt(hidden_size)`, image tokens
+  and region features included; in transformers 5 the scaling lives in Gemma's embedding layer, so the converted config
+  gets `multimodal_embedding_scale = sqrt(hidden_size)` (1.0 for Llama-3).
+* Coordinates: Ferret-UI writes `int(v * (1000.0 / S))`, not Ferret's `int(v * 1000 / S)`: the processor gets
+  `coordinate_rule="ferret_ui"`.
+* Llama-3: Ferret-UI's `ferret_llama_3` system text starts with a literal `<|begin_of_text|>` and the tokenizer adds
+  its own, so the released model saw two at the start of every prompt: the processor gets
+  `FERRET_UI_LLAMA3_CHAT_TEMPLATE`, which writes both.
+
+The CLIP tower is the one Ferret-UI's loader uses: `mm_vision_tower` of the config (a Hub id or a path), or
+`--vision-tower`, a local copy of it. The loader never reads the tower weights a checkpoint may hold; neither does
+the converter, unless `--vision-tower-weights checkpoint` asks for them. Either way a stored copy is compared with the
+tower: when the two differ (ZeRO-2 with bf16 saves CLIP rounded to bf16) a warning names the largest difference and
+the copy used.
+
+The tokenizer (the checkpoint's own, or `--tokenizer-path`) must have one token per embedding row: Ferret-UI's loader
+resizes the embedding matrix to the tokenizer, so a different size means the model would read and write other ids
+than the original's; the conversion stops with both sizes, unless `--resize-embeddings-to-tokenizer` asks to resize
+as the original loader does. As for Ferret, `<image>` is added to the tokenizer (the processor writes one per image
+feature): its embedding row is the mean of the original vocabulary's rows, its `lm_head` row zero (with Gemma's tied
+embeddings the one shared row is the mean row), and generation suppresses it.
 """
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedConfig
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, CLIPVisionModel, GenerationConfig, PreTrainedConfig
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -47,10 +65,15 @@ from compose_ferret_v2 import (  # noqa: E402
     preprocessor_statistics,
     set_pad_token,
 )
-from convert_ferret_original import load_state_dict, load_vision_tower, rename_original_state_dict  # noqa: E402
+from convert_ferret_original import load_state_dict, rename_original_state_dict  # noqa: E402
 
 from transformers_ferret import FerretConfig, FerretForConditionalGeneration  # noqa: E402
-from transformers_ferret.chat_templates import TURN_END_TOKENS, chat_template_family, chat_template_for  # noqa: E402
+from transformers_ferret.chat_templates import (  # noqa: E402
+    FERRET_UI_LLAMA3_CHAT_TEMPLATE,
+    TURN_END_TOKENS,
+    chat_template_family,
+    chat_template_for,
+)
 from transformers_ferret.image_processing_ferret import FerretImageProcessorPil  # noqa: E402
 from transformers_ferret.processing_ferret import FerretProcessor  # noqa: E402
 
@@ -142,27 +165,112 @@ def rename_weights(weights: dict[str, torch.Tensor], tied: bool) -> dict[str, to
     return renamed
 
 
-def convert(output_dir: str, model_path: str, vision_tower: str | None = None, dtype: str | None = None) -> dict:
+VISION_TOWER_WEIGHTS = ("mm_vision_tower", "checkpoint")
+
+
+def load_ferret_ui_vision_tower(original: dict, vision_tower: str | None) -> tuple[CLIPVisionModel, str]:
+    """The CLIP tower Ferret-UI's loader uses: `vision_tower` (a local copy) when given, else `mm_vision_tower`."""
+    source = vision_tower or original["mm_vision_tower"]
+    try:
+        return CLIPVisionModel.from_pretrained(source), source
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"Could not load the CLIP tower {source!r}: Ferret-UI loads its vision tower from `mm_vision_tower` "
+            f"({original['mm_vision_tower']!r} in config.json), not from the copy a checkpoint may hold. Pass "
+            "--vision-tower with a local copy of that tower (the released models name "
+            "openai/clip-vit-large-patch14-336)."
+        ) from error
+
+
+def choose_vision_tower_weights(
+    state_dict: dict[str, torch.Tensor], clip: CLIPVisionModel, source: str, use: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Sets the `model.vision_tower.*` entries of `state_dict` to the CLIP weights `use` names: the tower's
+    (`"mm_vision_tower"`, what Ferret-UI's loader runs) or the checkpoint's stored copy (`"checkpoint"`). Warns when the
+    checkpoint holds a copy that differs from the tower, naming the largest difference and the copy used. Returns the
+    state dict and a one-line account for the summary."""
+    if use not in VISION_TOWER_WEIGHTS:
+        raise ValueError(f"--vision-tower-weights must be one of {VISION_TOWER_WEIGHTS}, got {use!r}.")
+    stored = {name: state_dict.pop(name) for name in [n for n in state_dict if n.startswith("model.vision_tower.")]}
+    tower = {f"model.vision_tower.{name}": tensor for name, tensor in clip.state_dict().items()}
+    if not stored:
+        if use == "checkpoint":
+            raise ValueError("--vision-tower-weights checkpoint: the checkpoint holds no vision tower weights.")
+        state_dict.update(tower)
+        return state_dict, f"{source} (the checkpoint stores no copy)"
+    if set(stored) != set(tower) or any(stored[n].shape != tower[n].shape for n in tower):
+        raise ValueError(f"The checkpoint's vision tower weights do not fit the CLIP tower {source!r}.")
+    largest = max(float((stored[n].float() - tower[n].float()).abs().max()) for n in tower)
+    state_dict.update(stored if use == "checkpoint" else tower)
+    if largest == 0:
+        return state_dict, f"{source} (identical to the checkpoint's copy)"
+    used = "the checkpoint's copy (--vision-tower-weights checkpoint)" if use == "checkpoint" else (
+        f"{source}, as Ferret-UI's loader does (--vision-tower-weights checkpoint takes the stored copy)")
+    warnings.warn(
+        f"The checkpoint's vision tower weights differ from the CLIP tower {source!r} (largest difference "
+        f"{largest:.3g}); Ferret-UI never reads the stored copy. Using {used}.",
+        stacklevel=2,
+    )
+    return state_dict, f"{used}; the stored copy differs by up to {largest:.3g}"
+
+
+def check_vocabulary(tokenizer, num_rows: int, resize: bool) -> int:
+    """The number of original embedding rows the conversion keeps: `num_rows` when the tokenizer has one token per
+    row; otherwise a `ValueError` naming both sizes, or, with `resize`, the tokenizer's size (with a warning), as
+    Ferret-UI's loader calls `model.resize_token_embeddings(len(tokenizer))`."""
+    if len(tokenizer) == num_rows:
+        return num_rows
+    message = (
+        f"The tokenizer has {len(tokenizer)} tokens but the checkpoint's embedding matrix has {num_rows} rows. "
+        "Ferret-UI's loader resizes the matrix to the tokenizer (`resize_token_embeddings(len(tokenizer))`), so the "
+        "model it runs reads and writes the tokenizer's ids only; a tokenizer of another size is most likely not the "
+        "one the checkpoint was saved with (give that one with --tokenizer-path)."
+    )
+    if not resize:
+        raise ValueError(
+            message + " To convert anyway, resized as the original loader would, pass --resize-embeddings-to-tokenizer."
+        )
+    change = (
+        f"the {num_rows - len(tokenizer)} rows past the tokenizer are dropped" if len(tokenizer) < num_rows else
+        f"the {len(tokenizer) - num_rows} new rows get the mean embedding and a zero lm_head row (the original draws "
+        "them at random)"
+    )  # fmt: skip
+    warnings.warn(f"{message} Resizing as the original loader does: {change}.", stacklevel=2)
+    return len(tokenizer)
+
+
+def convert(
+    output_dir: str,
+    model_path: str,
+    vision_tower: str | None = None,
+    dtype: str | None = None,
+    tokenizer_path: str | None = None,
+    vision_tower_weights: str = "mm_vision_tower",
+    resize_embeddings_to_tokenizer: bool = False,
+) -> dict:
     """Writes `output_dir` (safetensors weights, config, generation config, processor); returns a summary."""
     source = Path(model_path)
     original = json.loads((source / "config.json").read_text())
     check_original_config(original)
-    clip = load_vision_tower(source, vision_tower)
+    clip, clip_source = load_ferret_ui_vision_tower(original, vision_tower)
     if original.get("mm_hidden_size", clip.config.hidden_size) != clip.config.hidden_size:
         raise ValueError(
             f"mm_hidden_size is {original['mm_hidden_size']} but the CLIP tower is {clip.config.hidden_size} wide."
         )
-    clip_dir = source / "vision_tower" if (source / "vision_tower").is_dir() else Path(vision_tower)
     side, patch = clip.config.image_size, clip.config.patch_size
 
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(Path(tokenizer_path) if tokenizer_path else source)
     region_id = region_token_id(original, tokenizer)
     weights = load_state_dict(source)
-    num_rows = weights["model.embed_tokens.weight"].shape[0]
-    num_original = min(len(tokenizer), num_rows)
+    num_original = check_vocabulary(
+        tokenizer, weights["model.embed_tokens.weight"].shape[0], resize_embeddings_to_tokenizer
+    )
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name in weights:
+            weights[name] = weights[name][:num_original]
     added = add_ferret_tokens(tokenizer)  # `<image>` only: the region token was checked above
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    vocab_size = max(num_rows, len(tokenizer))
+    vocab_size = len(tokenizer)
     text_config = build_text_config(original, vocab_size)
     family = chat_template_family(text_config.model_type, tokenizer)
     set_pad_token(tokenizer, TURN_END_TOKENS.get(family) or tokenizer.eos_token)
@@ -176,12 +284,12 @@ def convert(output_dir: str, model_path: str, vision_tower: str | None = None, d
     if not tied:
         lm_head = state_dict["lm_head.weight"]
         state_dict["lm_head.weight"] = grow_rows(lm_head, vocab_size, new_ids, num_original, "zero")
-    tower_in_checkpoint = any(name.startswith("model.vision_tower.") for name in state_dict)
-    for name, tensor in clip.state_dict().items():
-        state_dict.setdefault(f"model.vision_tower.{name}", tensor)
+    state_dict, tower_account = choose_vision_tower_weights(state_dict, clip, clip_source, vision_tower_weights)
     vision_config = clip.config
     del clip
 
+    # transformers 4's Gemma scaled image and region features with the text embeddings; see FerretConfig
+    embedding_scale = text_config.hidden_size**0.5 if text_config.model_type == "gemma" else 1.0
     pinpoints = grid_pinpoints(original, side)
     config = FerretConfig(
         vision_config=vision_config.to_dict(),
@@ -194,6 +302,7 @@ def convert(output_dir: str, model_path: str, vision_tower: str | None = None, d
         sampler_pooler_mode=original.get("sampler_pooler_mode", "mean"),
         sampler_transposed_read=True,
         tie_word_embeddings=tied,
+        multimodal_embedding_scale=embedding_scale,
         image_grid_pinpoints=pinpoints,
         tile_size=side,
         max_num_tiles=max((height // side) * (width // side) for height, width in pinpoints),
@@ -218,25 +327,30 @@ def convert(output_dir: str, model_path: str, vision_tower: str | None = None, d
     model.generation_config = ferret_generation_config(generation_source, tokenizer, family, image_id)
     model.save_pretrained(output_dir)
 
-    mean, std = preprocessor_statistics(clip_dir, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    mean, std = preprocessor_statistics(clip_source, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
     image_processor = FerretImageProcessorPil(
         size={"height": side, "width": side}, image_mean=mean, image_std=std, image_grid_pinpoints=pinpoints,
         tile_size=side, tile_image_mean=mean, tile_image_std=std,
     )  # fmt: skip
-    chat_template = chat_template_for(text_config.model_type, tokenizer)
+    # Ferret-UI's Llama-3 prompts start with two <|begin_of_text|> (see the module docstring)
+    chat_template = FERRET_UI_LLAMA3_CHAT_TEMPLATE if family == "llama3" else chat_template_for(
+        text_config.model_type, tokenizer)  # fmt: skip
     processor = FerretProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template,
         patch_size=patch, tile_patch_size=patch, num_region_points=config.sampler_num_init_points,
+        coordinate_rule="ferret_ui",
     )  # fmt: skip
     processor.save_pretrained(output_dir)
     return {
         "backbone": text_config.model_type,
-        "chat_template": family,
+        "chat_template": "ferret_ui_llama3" if family == "llama3" else family,
         "tied_embeddings": tied,
         "region_token_id": region_id,
         "image_token_id": image_id,
-        "vocab_size": f"{num_rows} -> {vocab_size}",
-        "vision_tower_weights": "checkpoint" if tower_in_checkpoint else str(clip_dir),
+        "vocab_size": f"{num_original} -> {vocab_size}",
+        "vision_tower_weights": tower_account,
+        "multimodal_embedding_scale": embedding_scale,
+        "coordinate_rule": "ferret_ui",
         "image_grid_pinpoints": pinpoints,
         "dtype": str(torch_dtype).removeprefix("torch."),
     }
@@ -246,10 +360,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", required=True, help="original Ferret-UI checkpoint folder")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--vision-tower", help="CLIP vision folder or Hub id, when the checkpoint has no vision_tower/")
+    parser.add_argument(
+        "--vision-tower", help="local copy of the CLIP tower the config's mm_vision_tower names (default: that name)"
+    )
+    parser.add_argument("--tokenizer-path", help="tokenizer folder (default: the checkpoint folder)")
+    parser.add_argument(
+        "--vision-tower-weights", choices=VISION_TOWER_WEIGHTS, default="mm_vision_tower",
+        help="CLIP weights to convert: the tower's, as Ferret-UI's loader (default), or the checkpoint's stored copy",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resize-embeddings-to-tokenizer", action="store_true",
+        help="convert although the embedding rows differ from the tokenizer's size, resized as the original loader",
+    )  # fmt: skip
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: the checkpoint's")
     args = parser.parse_args(argv)
-    print(json.dumps(convert(args.output_dir, args.model_path, args.vision_tower, args.dtype), indent=2))
+    summary = convert(
+        args.output_dir, args.model_path, args.vision_tower, args.dtype, args.tokenizer_path,
+        args.vision_tower_weights, args.resize_embeddings_to_tokenizer,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

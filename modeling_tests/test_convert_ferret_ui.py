@@ -1,21 +1,33 @@
 """conversion/convert_ferret_ui.py: tiny checkpoints in the original Ferret-UI layout, converted and run.
 
-Two tiny checkpoints, built offline: a Gemma one (tied embeddings, no `lm_head.weight`, CLIP weights inside the
-checkpoint, pinpoints and `im_region_fea_token` in its config) and a Llama-3 one (untied, no CLIP weights, no
-pinpoints and no `im_region_fea_token` in its config, so the converter uses Ferret-UI's five grids and the
-tokenizer's id).
+Two tiny checkpoints, built offline: a Gemma one (tied embeddings, no `lm_head.weight`, a CLIP copy inside the
+checkpoint that differs from the tower `mm_vision_tower` names, pinpoints and `im_region_fea_token` in its config) and
+a Llama-3 one (untied, no CLIP weights, no pinpoints and no `im_region_fea_token` in its config, so the converter uses
+Ferret-UI's five grids and the tokenizer's id). The numerical parity with Apple's code is in `test_parity_ferret_ui.py`;
+here: the weight mapping, the settings the converter chooses, and its refusals.
 """
 
 import json
 import re
+import warnings
 
 import pytest
 import torch
 from test_compose_ferret_v2 import FAMILIES, PATCH, SIDE, bpe_tokenizer, load_script, random_image, write_clip
 from transformers import CLIPVisionConfig, CLIPVisionModel, GemmaConfig, GemmaForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from transformers_ferret import FerretForConditionalGeneration, FerretProcessor
+from transformers_ferret import FerretConfig, FerretForConditionalGeneration, FerretProcessor
 from transformers_ferret.chat_templates import FERRET_UI_SYSTEM_PROMPT
+from transformers_ferret.region_utils import normalize_region
+
+from tiny_models import (
+    IMAGE_TOKEN_ID,
+    NUM_IMAGE_TOKENS,
+    REGION_TOKEN_ID,
+    prompt_ids,
+    random_region_points,
+    tiny_ferret_model,
+)
 
 HIDDEN, VISION_WIDTH = 32, 16
 TEXT_FIELDS = dict(hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -87,7 +99,7 @@ def write_ferret_ui(folder, backbone: str) -> dict:
     weights = dict(language_model.state_dict())
     if backbone == "gemma":
         del weights["lm_head.weight"]  # tied: a transformers-4 safetensors checkpoint has no lm_head
-        torch.manual_seed(8)  # a CLIP different from the --vision-tower one: the checkpoint's must win
+        torch.manual_seed(8)  # a stored CLIP different from the --vision-tower one: Ferret-UI never reads it
         tower_config = CLIPVisionConfig(image_size=SIDE, patch_size=PATCH, hidden_size=VISION_WIDTH,
                                         intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)  # fmt: skip
         tower = CLIPVisionModel(tower_config)
@@ -120,16 +132,23 @@ def _expected_name(name: str) -> str:
     raise AssertionError(name)
 
 
+def convert(model_path, output_dir, clip_dir, *extra: str) -> list[str]:
+    """Runs the converter's command line; returns the warnings it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_script("convert_ferret_ui").main([
+            "--model-path", str(model_path), "--output-dir", str(output_dir), "--vision-tower", str(clip_dir), *extra,
+        ])  # fmt: skip
+    return [str(warning.message) for warning in caught]
+
+
 class Converted:
     def __init__(self, backbone: str, root):
         self.backbone = backbone
         self.clip_dir = write_clip(root / "clip")
         self.original = write_ferret_ui(root / "ferret_ui", backbone)
         self.output_dir = root / "converted"
-        load_script("convert_ferret_ui").main([
-            "--model-path", str(root / "ferret_ui"), "--output-dir", str(self.output_dir),
-            "--vision-tower", str(self.clip_dir),
-        ])  # fmt: skip
+        self.warnings = convert(root / "ferret_ui", self.output_dir, self.clip_dir)
         self.model = FerretForConditionalGeneration.from_pretrained(self.output_dir).eval()
         self.processor = FerretProcessor.from_pretrained(self.output_dir)
 
@@ -144,6 +163,8 @@ def test_every_tensor_is_mapped_with_equal_values(converted):
     original = converted.original["weights"]
     vocab = len(converted.original["tokenizer"])
     for name, tensor in original.items():
+        if name.startswith("model.vision_tower."):
+            continue  # not converted: the tower is the one mm_vision_tower names (below)
         new_name = _expected_name(name)
         value = ours[new_name]
         if name in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -151,15 +172,14 @@ def test_every_tensor_is_mapped_with_equal_values(converted):
         if name.endswith("net.0.weight"):
             tensor = tensor.squeeze(-1)
         assert torch.equal(value, tensor), name
-    converted_names = {_expected_name(name) for name in original}
+    converted_names = {_expected_name(name) for name in original if not name.startswith("model.vision_tower.")}
     if converted.backbone == "gemma":  # tied: lm_head is the embedding matrix
         assert converted.model.lm_head.weight.data_ptr() == ours["model.language_model.embed_tokens.weight"].data_ptr()
         converted_names.add("lm_head.weight")
-    else:  # no CLIP in the checkpoint: the --vision-tower one
-        clip = CLIPVisionModel.from_pretrained(converted.clip_dir)
-        for name, tensor in clip.state_dict().items():
-            assert torch.equal(ours[f"model.vision_tower.{name}"], tensor), name
-            converted_names.add(f"model.vision_tower.{name}")
+    clip = CLIPVisionModel.from_pretrained(converted.clip_dir)  # the --vision-tower one, for both
+    for name, tensor in clip.state_dict().items():
+        assert torch.equal(ours[f"model.vision_tower.{name}"], tensor), name
+        converted_names.add(f"model.vision_tower.{name}")
     assert converted_names == set(ours)  # nothing else in the model, nothing left at its initial value
 
 
@@ -265,3 +285,122 @@ def test_non_ferret_ui_configs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="ferret_gemma.*ferret_llama"):
         converter.backbone_type({"model_type": "ferret_mpt", "architectures": ["FerretMptForCausalLM"]})
     assert converter.grid_pinpoints({}, 336) == [[672, 336], [336, 672], [672, 672], [336, 1008], [1008, 336]]
+
+
+# ---- what transformers 4.39 did implicitly, written as explicit settings ---------------------------------------------
+
+
+def test_settings_that_reproduce_the_original(converted):
+    config, processor = converted.model.config, converted.processor
+    # Gemma: transformers 4.39 multiplied the whole inputs_embeds (image and region features too) by sqrt(hidden)
+    assert config.multimodal_embedding_scale == (HIDDEN**0.5 if converted.backbone == "gemma" else 1.0)
+    # Ferret-UI's coordinate rule int(v * (1000.0 / S)), saved with the processor: 19 of 38 is 499, not 500
+    assert processor.coordinate_rule == "ferret_ui"
+    saved = json.loads((converted.output_dir / "processor_config.json").read_text())
+    assert saved["coordinate_rule"] == "ferret_ui"
+    image = random_image(38, 38, seed=5)
+    inputs = processor(images=image, text="<image>\n<region>", regions=[(19, 19)], add_special_tokens=False)
+    assert "[499, 499] <region_fea>" in processor.tokenizer.decode(inputs["input_ids"][0])
+    # Llama-3: the original's system text starts with a literal <|begin_of_text|> and its tokenizer adds one
+    conversation = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Hi"}]}]
+    ids = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True, return_dict=True)
+    bos = processor.tokenizer.bos_token_id
+    assert ids["input_ids"][0][:3].count(bos) == (2 if converted.backbone == "llama3" else 1)
+
+
+def test_vision_tower_is_the_one_mm_vision_tower_names_and_a_differing_stored_copy_is_announced(converted, tmp_path):
+    stored = "model.vision_tower.vision_tower.vision_model."
+    differing = [message for message in converted.warnings if "vision tower weights differ" in message]
+    if converted.backbone == "llama3":  # no stored copy: nothing to announce, and nothing to take
+        assert differing == []
+        with pytest.raises(ValueError, match="holds no vision tower weights"):
+            convert(converted.output_dir.parent / "ferret_ui", tmp_path / "out", converted.clip_dir,
+                    "--vision-tower-weights", "checkpoint")  # fmt: skip
+        return
+    assert len(differing) == 1 and "largest difference" in differing[0] and "Ferret-UI never reads" in differing[0]
+    # asked for, the stored copy is converted instead (and announced the same way)
+    caught = convert(converted.output_dir.parent / "ferret_ui", tmp_path / "out", converted.clip_dir,
+                     "--vision-tower-weights", "checkpoint")  # fmt: skip
+    assert any("Using the checkpoint's copy" in message for message in caught)
+    model = FerretForConditionalGeneration.from_pretrained(tmp_path / "out")
+    ours = model.state_dict()
+    for name, tensor in converted.original["weights"].items():
+        if name.startswith(stored):
+            assert torch.equal(ours[_expected_name(name)], tensor), name
+
+
+def test_missing_vision_tower_names_mm_vision_tower(tmp_path):
+    write_ferret_ui(tmp_path / "ferret_ui", "llama3")
+    config = json.loads((tmp_path / "ferret_ui" / "config.json").read_text())
+    config["mm_vision_tower"] = str(tmp_path / "no_such_clip")
+    (tmp_path / "ferret_ui" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="mm_vision_tower.*--vision-tower"):
+        load_script("convert_ferret_ui").main(
+            ["--model-path", str(tmp_path / "ferret_ui"), "--output-dir", str(tmp_path / "out")]
+        )
+
+
+@pytest.mark.parametrize("extra_rows", [3, -2], ids=["tokenizer_smaller", "tokenizer_larger"])
+def test_tokenizer_of_another_size_than_the_embedding_matrix_is_refused_naming_both(tmp_path, extra_rows):
+    original = write_ferret_ui(tmp_path / "ferret_ui", "llama3")
+    clip_dir = write_clip(tmp_path / "clip")
+    weights = dict(original["weights"])
+    rows = len(original["tokenizer"]) + extra_rows
+    generator = torch.Generator().manual_seed(0)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        grown = torch.randn(max(rows, weights[name].shape[0]), HIDDEN, generator=generator)
+        grown[: weights[name].shape[0]] = weights[name]
+        weights[name] = grown[:rows].contiguous()
+    torch.save(weights, tmp_path / "ferret_ui" / "pytorch_model.bin")
+    config = json.loads((tmp_path / "ferret_ui" / "config.json").read_text())
+    (tmp_path / "ferret_ui" / "config.json").write_text(json.dumps(dict(config, vocab_size=rows)))
+    tokens = len(original["tokenizer"])
+    with pytest.raises(ValueError, match=rf"tokenizer has {tokens} tokens.*embedding matrix has {rows} rows"):
+        convert(tmp_path / "ferret_ui", tmp_path / "refused", clip_dir)
+    # asked for, the matrix is resized to the tokenizer as Ferret-UI's loader resizes it, with a warning
+    caught = convert(tmp_path / "ferret_ui", tmp_path / "out", clip_dir, "--resize-embeddings-to-tokenizer")
+    assert any(f"{tokens} tokens" in message and "Resizing" in message for message in caught)
+    model = FerretForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert model.config.text_config.vocab_size == tokens + 1  # + <image>
+    kept = min(rows, tokens)
+    assert torch.equal(model.lm_head.weight[:kept], weights["lm_head.weight"][:kept])
+
+
+def test_multimodal_embedding_scale_scales_image_and_region_features_only():
+    with pytest.raises(ValueError, match="multimodal_embedding_scale"):
+        FerretConfig(multimodal_embedding_scale=0.0)
+    with pytest.raises(ValueError, match="multimodal_embedding_scale"):
+        FerretConfig(multimodal_embedding_scale=float("inf"))
+    inputs = {
+        "input_ids": torch.tensor([prompt_ids(2)]), "pixel_values": torch.randn(1, 3, 28, 28),
+        "region_points": random_region_points(2).unsqueeze(0), "region_counts": torch.tensor([2]),
+    }  # fmt: skip
+    embeds = {}
+    for scale in (1.0, 2.5):
+        model = tiny_ferret_model(multimodal_embedding_scale=scale)
+        hook = model.model.language_model.register_forward_pre_hook(
+            lambda module, args, kwargs, scale=scale: embeds.update({scale: kwargs["inputs_embeds"]}), with_kwargs=True
+        )
+        with torch.no_grad():
+            model(**inputs)
+        hook.remove()
+    ids = inputs["input_ids"][0]
+    image, region = ids == IMAGE_TOKEN_ID, ids == REGION_TOKEN_ID
+    assert int(image.sum()) == NUM_IMAGE_TOKENS and int(region.sum()) == 2
+    torch.testing.assert_close(embeds[2.5][0, image | region], 2.5 * embeds[1.0][0, image | region])
+    assert torch.equal(embeds[2.5][0, ~(image | region)], embeds[1.0][0, ~(image | region)])
+
+
+def test_coordinate_rule_of_region_text():
+    assert normalize_region((19, 10), (38, 38))[1] == "[500, 263]"
+    assert normalize_region((19, 10), (38, 38), "ferret_ui")[1] == "[499, 263]"
+    assert normalize_region({"box": (0, 19, 37, 19)}, (38, 38), "ferret_ui")[1] == "[0, 499, 973, 499]"
+    with pytest.raises(ValueError, match="coordinate_rule"):
+        FerretProcessor(image_processor=None, tokenizer=_tokenizer_with_ferret_tokens(), coordinate_rule="ferret_v2")
+
+
+def _tokenizer_with_ferret_tokens():
+    special_tokens, named_tokens, _ = FAMILIES["llama3"]
+    tokenizer = bpe_tokenizer(special_tokens, **named_tokens)
+    tokenizer.add_tokens(["<image>", "<region_fea>"], special_tokens=True)
+    return tokenizer

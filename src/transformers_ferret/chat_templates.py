@@ -34,7 +34,9 @@ Every template
 Vicuna keeps the original Ferret text byte for byte (its system text ends with a space, so two spaces precede
 `USER:`). The other families use Ferret-UI's system text, the same sentence without the trailing space. Gemma has no
 system role: as Ferret-UI's `ferret_gemma_instruct`, the system text is written right after `<bos>`, in front of the
-first user turn, and a finished model turn ends with `<end_of_turn>\\n<eos>` (both supervised).
+first user turn, and a finished model turn ends with `<end_of_turn>\\n<eos>` (both supervised). Converted Ferret-UI
+Llama-3 checkpoints use [`FERRET_UI_LLAMA3_CHAT_TEMPLATE`], which starts with two `<|begin_of_text|>`, as that model
+was trained and evaluated.
 """
 
 FERRET_SYSTEM_PROMPT = (
@@ -146,6 +148,13 @@ LLAMA3_CHAT_TEMPLATE = _template(
 )
 """Llama-3 (`ferret_llama_3`): header blocks closed by `<|eot_id|>`; the reply and its `<|eot_id|>` are supervised."""
 
+FERRET_UI_LLAMA3_CHAT_TEMPLATE = LLAMA3_CHAT_TEMPLATE.replace(
+    "{{- bos_token -}}", "{{- bos_token + '<|begin_of_text|>' -}}", 1
+)
+"""[`LLAMA3_CHAT_TEMPLATE`] with the two `<|begin_of_text|>` of Ferret-UI's released Llama-3 model: the system text of
+its `ferret_llama_3` template starts with a literal `<|begin_of_text|>` and its tokenizer adds its own, in training and
+at inference, so every prompt it saw starts with both."""
+
 CHATML_CHAT_TEMPLATE = _template(
     """
 {{- '<|im_start|>system\\n' + system_text + '<|im_end|>\\n' -}}
@@ -247,6 +256,7 @@ __all__ = [
     "CHATML_CHAT_TEMPLATE",
     "DEFAULT_CHAT_TEMPLATE",
     "FERRET_SYSTEM_PROMPT",
+    "FERRET_UI_LLAMA3_CHAT_TEMPLATE",
     "FERRET_UI_SYSTEM_PROMPT",
     "GEMMA_CHAT_TEMPLATE",
     "LLAMA3_CHAT_TEMPLATE",

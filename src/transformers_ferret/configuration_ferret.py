@@ -58,6 +58,12 @@ class FerretConfig(PreTrainedConfig):
             normalised `(x, y)` reads the feature map at row `x`, column `y`; see
             `docs/design.md`). On for converted Ferret v1 / Ferret-UI checkpoints, off for new models.
         tie_word_embeddings (`bool`): whether `lm_head` shares the input embedding matrix.
+        multimodal_embedding_scale (`float`): factor applied to the image and region features written into
+            `inputs_embeds` (the text embeddings keep the language model's own scaling). `1.0` writes them as the
+            projector and sampler produce them. Language models whose embedding layer scales its output (Gemma:
+            `sqrt(hidden_size)`) in transformers 5, but scaled the whole `inputs_embeds` in transformers 4, saw image
+            and region features scaled too when trained there: converted Gemma Ferret-UI checkpoints need
+            `text_config.hidden_size ** 0.5` (the converter sets it).
 
     Ferret-v2 (any resolution; all `None`/unused for Ferret v1):
         tile_vision_config (`dict` or `PreTrainedConfig`, *optional*): a separate encoder for the high-resolution
@@ -125,6 +131,7 @@ class FerretConfig(PreTrainedConfig):
     sampler_pooler_mode: Literal["max", "mean"] = "max"
     sampler_transposed_read: bool = False
     tie_word_embeddings: bool = False
+    multimodal_embedding_scale: float = 1.0
     tile_vision_config: dict | PreTrainedConfig | None = None
     image_grid_pinpoints: list[list[int]] | None = None
     tile_size: int | None = None
@@ -146,6 +153,9 @@ class FerretConfig(PreTrainedConfig):
         self.sampler_num_sub_points = list(self.sampler_num_sub_points)
         self.sampler_num_neighbors = list(self.sampler_num_neighbors)
         self._check_sampler_stages()
+        scale = self.multimodal_embedding_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+            raise ValueError(f"`multimodal_embedding_scale` must be a positive finite number, got {scale!r}.")
         if self.is_any_resolution:
             self.tile_size = self.tile_size or self.vision_config.image_size
             if self.image_grid_pinpoints is None:

@@ -166,6 +166,12 @@ def token_mask(
     return (inputs_embeds == token_embedding).all(-1)
 
 
+def scale_multimodal_features(features: torch.Tensor, scale: float) -> torch.Tensor:
+    """`features` times `config.multimodal_embedding_scale`, the factor as a tensor of their dtype (as Gemma scales its
+    text embeddings)."""
+    return features if scale == 1.0 else features * torch.tensor(scale, dtype=features.dtype, device=features.device)
+
+
 def scatter_region_features(
     inputs_embeds: torch.Tensor, region_mask: torch.Tensor, region_features: torch.Tensor
 ) -> torch.Tensor:
@@ -489,6 +495,7 @@ class FerretModel(FerretPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_features = region_features = image_outputs = None
+        scale = self.config.multimodal_embedding_scale  # of the image and region features only; see FerretConfig
         if pixel_values is not None:
             image_outputs = self.get_image_features(
                 pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
@@ -497,7 +504,7 @@ class FerretModel(FerretPreTrainedModel):
             )  # fmt: skip
             image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.dtype)
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask, scale_multimodal_features(image_features, scale))
 
         region_mask = token_mask(self.config.region_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
         if region_points is not None and pixel_values is None:
@@ -510,7 +517,8 @@ class FerretModel(FerretPreTrainedModel):
                 )
         if region_points is not None and region_points.shape[1] > 0:
             region_features = self.get_region_features(image_outputs, region_points, image_mask.squeeze(-1))
-            inputs_embeds = scatter_region_features(inputs_embeds, region_mask, region_features)
+            scaled = scale_multimodal_features(region_features.to(inputs_embeds.dtype), scale)
+            inputs_embeds = scatter_region_features(inputs_embeds, region_mask, scaled)
         elif self.training and pixel_values is not None:
             inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
 

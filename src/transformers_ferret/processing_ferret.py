@@ -221,6 +221,8 @@ class FerretProcessor(ProcessorMixin):
             tile_patch_size) ** 2` tile tokens after its global ones.
         max_regions_per_sample (`int`, *optional*, defaults to 32): most regions one sample may refer to; more raise a
             `ValueError` (every region costs a sampler pass and its points; `None` = no limit).
+        coordinate_rule (`"ferret"` or `"ferret_ui"`, defaults to `"ferret"`): rule of the regions' coordinate text
+            (`coordinates.GridRule`); converted Ferret-UI checkpoints use Ferret-UI's own, `"ferret_ui"`.
 
     Placeholders are reserved: `<image>`, `<region_fea>` and `<region>` in `text` are always read as placeholders
     (their counts must match `images` and `regions`, else a `ValueError`). With `apply_chat_template(...,
@@ -240,6 +242,7 @@ class FerretProcessor(ProcessorMixin):
         region_placeholder="<region>",
         tile_patch_size=None,
         max_regions_per_sample=32,
+        coordinate_rule="ferret",
         **kwargs,
     ):
         if max_regions_per_sample is not None and not _is_positive_int(max_regions_per_sample):
@@ -247,6 +250,9 @@ class FerretProcessor(ProcessorMixin):
                 f"`max_regions_per_sample` must be a positive int or None, got {max_regions_per_sample!r}."
             )
         self.max_regions_per_sample = max_regions_per_sample
+        if coordinate_rule not in ("ferret", "ferret_ui"):
+            raise ValueError(f"`coordinate_rule` must be 'ferret' or 'ferret_ui', got {coordinate_rule!r}.")
+        self.coordinate_rule = coordinate_rule
         self.patch_size = patch_size
         self.tile_patch_size = tile_patch_size
         self.num_region_points = num_region_points
@@ -420,7 +426,7 @@ class FerretProcessor(ProcessorMixin):
                 "every chat.)"
             )
         image_size = _original_image_size(images[0])
-        masks, coordinate_texts = zip(*(normalize_region(region, image_size) for region in regions))
+        masks, coordinate_texts = zip(*(normalize_region(r, image_size, self.coordinate_rule) for r in regions))
         text, offsets = write_region_texts(text, slots, coordinate_texts, self.region_placeholder, self.region_token)
         points = mask_to_points(masks, self.num_region_points, generator=generator)
         return text, offsets, points.numpy()

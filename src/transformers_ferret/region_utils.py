@@ -19,7 +19,8 @@ Conventions (those of the original Ferret code):
 
 * Coordinates are pixels of the *original* image, `x` to the right and `y` down, `(0, 0)` the top-left pixel.
 * Coordinate text lives on a 1000x1000 grid and is truncated: `int(x * 1000 / width)`, `int(y * 1000 / height)`
-  (`coordinates.coordinate_text`). A point is written `[x, y]`, a box `[x1, y1, x2, y2]`.
+  (`coordinates.coordinate_text`; Ferret-UI's `int(x * (1000.0 / width))` with `rule="ferret_ui"`). A point is written
+  `[x, y]`, a box `[x1, y1, x2, y2]`.
 * A point's mask is the 11x11 square of pixels around it (`POINT_SPAN = 5` pixels each side), clipped to the image.
 * A box is inclusive: it covers the pixel columns `x1..x2` and rows `y1..y2`.
 * A free-form mask is written as the bounding box of its pixels and keeps its own pixels as the mask.
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
-from .coordinates import coordinate_text
+from .coordinates import GridRule, coordinate_text
 
 
 POINT_SPAN = 5
@@ -56,17 +57,17 @@ def _check_coordinates(coordinates: np.ndarray, original) -> None:
         raise _error(f"coordinates must be finite numbers, got {original!r}.")
 
 
-def _point_region(point: np.ndarray, height: int, width: int) -> tuple[np.ndarray, str]:
+def _point_region(point: np.ndarray, height: int, width: int, rule: GridRule) -> tuple[np.ndarray, str]:
     x, y = point
     if not (0 <= x < width and 0 <= y < height):
         raise _error(f"the point (x={x:g}, y={y:g}) lies outside the image of width {width} and height {height}.")
     column, row = int(x), int(y)
     mask = np.zeros((height, width), dtype=bool)
     mask[max(0, row - POINT_SPAN) : row + POINT_SPAN + 1, max(0, column - POINT_SPAN) : column + POINT_SPAN + 1] = True
-    return mask, coordinate_text([x, y], width, height)
+    return mask, coordinate_text([x, y], width, height, rule)
 
 
-def _box_region(box: np.ndarray, height: int, width: int) -> tuple[np.ndarray, str]:
+def _box_region(box: np.ndarray, height: int, width: int, rule: GridRule) -> tuple[np.ndarray, str]:
     x1, y1, x2, y2 = box
     if x2 < x1 or y2 < y1:
         raise _error(
@@ -82,7 +83,7 @@ def _box_region(box: np.ndarray, height: int, width: int) -> tuple[np.ndarray, s
     y1, y2 = np.clip([y1, y2], 0, height - 1)
     mask = np.zeros((height, width), dtype=bool)
     mask[int(y1) : int(y2) + 1, int(x1) : int(x2) + 1] = True
-    return mask, coordinate_text([x1, y1, x2, y2], width, height)
+    return mask, coordinate_text([x1, y1, x2, y2], width, height, rule)
 
 
 def binarize_mask(mask) -> np.ndarray:
@@ -133,7 +134,7 @@ def binarize_mask(mask) -> np.ndarray:
     return mask > _MASK_VALUE_THRESHOLDS[mask.dtype.kind]
 
 
-def _mask_region(mask, height: int, width: int) -> tuple[np.ndarray, str]:
+def _mask_region(mask, height: int, width: int, rule: GridRule) -> tuple[np.ndarray, str]:
     mask = binarize_mask(mask)
     if mask.shape != (height, width):
         raise _error(
@@ -144,7 +145,7 @@ def _mask_region(mask, height: int, width: int) -> tuple[np.ndarray, str]:
     columns, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
     if rows.size == 0:
         raise _error("the mask is empty (no pixel is inside the region).")
-    return mask, coordinate_text([columns[0], rows[0], columns[-1], rows[-1]], width, height)
+    return mask, coordinate_text([columns[0], rows[0], columns[-1], rows[-1]], width, height, rule)
 
 
 def _as_coordinates(region) -> np.ndarray:
@@ -158,7 +159,7 @@ def _as_coordinates(region) -> np.ndarray:
         ) from None
 
 
-def normalize_region(region, image_size: tuple[int, int]) -> tuple[np.ndarray, str]:
+def normalize_region(region, image_size: tuple[int, int], rule: GridRule = "ferret") -> tuple[np.ndarray, str]:
     """
     Builds the mask and the coordinate text of one referred region, exactly as the original Ferret code does.
 
@@ -172,6 +173,8 @@ def normalize_region(region, image_size: tuple[int, int]) -> tuple[np.ndarray, s
               mode `"1"` or `"L"`), see [`binarize_mask`] for which pixels count as inside;
             * a dict `{"point": ...}`, `{"box": ...}` or `{"mask": ...}` with one of the above.
         image_size (`tuple[int, int]`): `(height, width)` of the original image.
+        rule (`"ferret"` or `"ferret_ui"`): how pixels become grid values in the text (see `coordinates.GridRule`):
+            Ferret's `int(v * 1000 / S)` or Ferret-UI's `int(v * (1000.0 / S))`; the processor's `coordinate_rule`.
 
     Returns:
         `tuple[np.ndarray, str]`: the region's mask, bool of shape `[height, width]`, and its coordinate text on the
@@ -192,15 +195,15 @@ def normalize_region(region, image_size: tuple[int, int]) -> tuple[np.ndarray, s
             )
         kind, value = next(iter(region.items()))
         if kind == "mask":
-            return _mask_region(value, height, width)
+            return _mask_region(value, height, width, rule)
         coordinates = _as_coordinates(value)
         expected_size = 2 if kind == "point" else 4
         if coordinates.size != expected_size:
             raise _error(f"a {kind} needs {expected_size} coordinates, got {coordinates.size}: {value!r}.")
-        return normalize_region(coordinates, image_size)
+        return normalize_region(coordinates, image_size, rule)
 
     if isinstance(region, Image.Image) or (isinstance(region, (np.ndarray, torch.Tensor)) and region.ndim == 2):
-        return _mask_region(region, height, width)
+        return _mask_region(region, height, width, rule)
     is_coordinate_array = isinstance(region, (np.ndarray, torch.Tensor)) and region.ndim == 1
     if not (is_coordinate_array or isinstance(region, (list, tuple))):
         raise TypeError(
@@ -217,8 +220,8 @@ def normalize_region(region, image_size: tuple[int, int]) -> tuple[np.ndarray, s
     coordinates = _as_coordinates(region)
     _check_coordinates(coordinates, region)
     if coordinates.size == 2:
-        return _point_region(coordinates, height, width)
-    return _box_region(coordinates, height, width)
+        return _point_region(coordinates, height, width, rule)
+    return _box_region(coordinates, height, width, rule)
 
 
 def _mask_pixels_at_ranks(mask: np.ndarray, per_column: np.ndarray, ranks: np.ndarray) -> np.ndarray:

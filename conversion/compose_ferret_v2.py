@@ -349,6 +349,15 @@ def initialise_new_modules(model: FerretForConditionalGeneration, dtype: torch.d
     return created
 
 
+
+def multimodal_embedding_scale_for(text_config) -> float:
+    """`FerretConfig.multimodal_embedding_scale` for a language model: `sqrt(hidden_size)` for Gemma-family models,
+    whose transformers 4 forward scaled all of `inputs_embeds` (image and region features included) by it, so that
+    projectors and samplers trained there (Ferret-UI's Gemma, LLaVA-style stage-I projectors) keep their scale; 1.0
+    for every other family."""
+    return float(text_config.hidden_size) ** 0.5 if text_config.model_type.startswith("gemma") else 1.0
+
+
 def compose(
     clip: str,
     dinov2: str,
@@ -404,6 +413,7 @@ def compose(
         image_grid_pinpoints=[[rows * side, cols * side] for rows, cols in grid_list], tile_size=side,
         max_num_tiles=max(rows * cols for rows, cols in grid_list), region_feature_source=region_feature_source,
         tile_feature_adapter=region_feature_source == "vision" and global_width != tile_width,
+        multimodal_embedding_scale=multimodal_embedding_scale_for(text_config),
     )  # fmt: skip
     kwargs.update(config_overrides or {})
     config = FerretConfig(**kwargs)

@@ -62,6 +62,7 @@ from compose_ferret_v2 import (  # noqa: E402
     add_ferret_tokens,
     ferret_generation_config,
     grow_rows,
+    multimodal_embedding_scale_for,
     preprocessor_statistics,
     set_pad_token,
 )
@@ -289,7 +290,7 @@ def convert(
     del clip
 
     # transformers 4's Gemma scaled image and region features with the text embeddings; see FerretConfig
-    embedding_scale = text_config.hidden_size**0.5 if text_config.model_type == "gemma" else 1.0
+    embedding_scale = multimodal_embedding_scale_for(text_config)
     pinpoints = grid_pinpoints(original, side)
     config = FerretConfig(
         vision_config=vision_config.to_dict(),

@@ -331,6 +331,9 @@ def test_config_and_processor_settings(composed):
     assert list(image_processor.image_mean) == [0.1, 0.2, 0.3] and list(image_processor.image_std) == [0.4, 0.5, 0.6]
     assert list(image_processor.tile_image_mean) == [0.485, 0.456, 0.406]
     assert composed.processor.tile_patch_size == PATCH and composed.processor.patch_size == PATCH
+    # Gemma's transformers 4 forward scaled image and region features with the text embeddings
+    hidden = config.text_config.hidden_size
+    assert config.multimodal_embedding_scale == (hidden**0.5 if composed.family == "gemma" else 1.0)
 
 
 def _expected_prompt(family: str, question: str, answer: str | None) -> str:

@@ -254,8 +254,7 @@ def mask_to_points(masks, num_points: int = 512, generator: torch.Generator | No
     * `n > num_points`: without `generator`, an evenly spaced deterministic subset, point `k` = pixel
       `floor(k * n / num_points)`; with `generator`, point `k` = pixel `torch.randperm(n, generator=generator)[k]`,
       a uniformly random subset of distinct pixels in random order, as the original's `randperm(n)[:num_points]`
-      (one `randperm` per such mask, in order). Earlier versions drew the subset differently (one random key per
-      pixel of every mask): the same seed now gives other points than they did.
+      (one `randperm` per such mask, in order).
 
     The list of pixels is never built: a mask is read once to count its pixels per column, then only in the columns
     that hold sampled points (see `_mask_pixels_at_ranks`), 10x - 20x faster than listing every pixel of large masks.

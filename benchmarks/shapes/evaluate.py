@@ -185,7 +185,7 @@ def rec_error_kinds(predictions: list[str], samples) -> dict:
     for prediction, sample in zip(predictions, samples, strict=True):
         target = truth(sample)[1]
         others = [item["box"] for item in sample["objects"] if item["box"] != target]
-        boxes = parse_boxes(prediction)
+        boxes = parse_boxes(prediction, reading="original")  # the first box rec_accuracy scores
         if not boxes:
             counts["elsewhere"] += 1
             continue

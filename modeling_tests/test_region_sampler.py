@@ -1,5 +1,6 @@
 """The region sampler's folded, chunked computation against the plain per-pair formula of the original code."""
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -129,3 +130,21 @@ def test_rows_read_the_image_their_image_index_names():
         other_image = sampler(maps, points[[0]], torch.tensor([1]), extent)
     torch.testing.assert_close(reordered, reference[[2, 0, 2]], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(other_image, reference[[0]], atol=1e-3)
+
+
+def test_compiled_farthest_point_sampling_keeps_the_eager_picks():
+    """The first farthest index must win in a compiled graph too: with `max(...).indices`, inductor's graph picked other
+    points than eager from the 4th pick on (125 of 128 picks differed on two sets of 512 random points, and the
+    compiled region features by up to 1.5). Both must also equal the first-index rule written with numpy's argmax
+    (documented to return the first maximum)."""
+    torch._dynamo.reset()
+    points = torch.rand(2, 512, 2, generator=torch.Generator().manual_seed(0))
+    eager = farthest_point_sample(points, 128)
+    compiled = torch.compile(farthest_point_sample, fullgraph=True, backend="inductor")(points, 128)
+    assert torch.equal(compiled, eager)
+    for cloud, picks in zip(points.numpy(), eager.tolist()):
+        distance, expected = np.full(len(cloud), 1e10, dtype=np.float32), [0]
+        for _ in range(127):
+            distance = np.minimum(distance, ((cloud - cloud[expected[-1]]) ** 2).sum(-1))
+            expected.append(int(np.argmax(distance)))
+        assert picks == expected

@@ -74,8 +74,9 @@ def gather_points(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def farthest_point_sample(points: torch.Tensor, num_samples: int) -> torch.Tensor:
     """Farthest point sampling, starting at index 0 of every point set.
 
-    Each step keeps the point whose squared distance to the already kept points is largest (the first
-    such index on ties, as `torch.max`). Distances are computed in float32.
+    Each step keeps the point whose squared distance to the already kept points is largest, the first such index on
+    ties (as the original's `torch.max` does on the CPU; written out, because compiled `max(...).indices` may break
+    ties differently, and on mask lattices ties are common). Distances are computed in float32.
 
     Args:
         points: `[R, N, 2]` coordinates.
@@ -90,11 +91,13 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int) -> torch.Tenso
     min_distance = torch.full((num_sets, num_points), 1e10, device=points.device)
     farthest = torch.zeros(num_sets, dtype=torch.long, device=points.device)
     set_index = torch.arange(num_sets, device=points.device)
+    point_index = torch.arange(num_points, device=points.device)
     for step in range(num_samples):
         kept[:, step] = farthest
         centre = points[set_index, farthest].unsqueeze(1)  # [R, 1, 2]
         min_distance = torch.minimum(min_distance, ((points - centre) ** 2).sum(-1))
-        farthest = min_distance.max(-1).indices
+        is_farthest = min_distance == min_distance.amax(-1, keepdim=True)
+        farthest = torch.where(is_farthest, point_index, num_points).amin(-1)  # the first farthest index
     return kept
 
 

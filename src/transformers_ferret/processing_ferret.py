@@ -25,26 +25,24 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import get_image_size, make_flat_list_of_images, to_numpy_array
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 
-from .image_processing_ferret import prepare_images
+# The markers `apply_chat_template(..., sanitize_control_tokens=True)` puts around control tokens typed in user text
+# (transformers >= 5.25, which the package requires, has no public name for them): marked tokens are not placeholders.
+from transformers.utils.chat_template_utils import _CONTROL_TOKEN_END, _CONTROL_TOKEN_START
+
 from .chat_regions import check_region_chat, conversations_of, take_region_items
 from .chat_templates import DEFAULT_CHAT_TEMPLATE
 from .coordinates import parse_grounded_text
+from .image_processing_ferret import prepare_images
 from .region_utils import mask_to_points, normalize_region
 
 
-try:  # markers `apply_chat_template(..., sanitize_control_tokens=True)` puts around control tokens in user text
-    from transformers.utils.chat_template_utils import _CONTROL_TOKEN_END, _CONTROL_TOKEN_START
-except ImportError:  # older transformers: no sanitising, nothing is marked
-    _CONTROL_TOKEN_START = _CONTROL_TOKEN_END = None
-_MARKED_TOKEN = (
-    re.compile(f"{_CONTROL_TOKEN_START}.*?{_CONTROL_TOKEN_END}", re.DOTALL) if _CONTROL_TOKEN_START else None
-)
-_UNMARKED = f"(?<!{_CONTROL_TOKEN_START})" if _CONTROL_TOKEN_START else ""
+_MARKED_TOKEN = re.compile(f"{_CONTROL_TOKEN_START}.*?{_CONTROL_TOKEN_END}", re.DOTALL)
+_UNMARKED = f"(?<!{_CONTROL_TOKEN_START})"
 
 
 def _without_marked_tokens(text: str) -> str:
     """`text` without the control tokens `sanitize_control_tokens` marked as user text (they are not placeholders)."""
-    return _MARKED_TOKEN.sub("", text) if _MARKED_TOKEN is not None else text
+    return _MARKED_TOKEN.sub("", text)
 
 
 def _original_image_size(image) -> tuple[int, int]:

@@ -62,7 +62,11 @@ def test_grid_choice_token_count_forward_and_generate(processor, model, size):
     tiles = inputs["pixel_values_tiles"][0]
     assert tiles[: rows * cols].abs().sum(dim=(1, 2, 3)).min() > 0 and tiles[rows * cols :].abs().sum() == 0
     num_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
-    assert num_tokens == model.model.num_image_tokens(inputs["pixel_values"], inputs["image_grids"])[0]
+    with torch.no_grad():
+        features = model.model.get_image_features(
+            inputs["pixel_values"], inputs["pixel_values_tiles"], inputs["image_grids"]
+        ).pooler_output
+    assert num_tokens == len(features[0])
     assert num_tokens == 4 + rows * cols * 4
     with torch.no_grad():
         features = model.get_image_features(inputs["pixel_values"], inputs["pixel_values_tiles"], inputs["image_grids"])

@@ -402,15 +402,6 @@ class FerretModel(FerretPreTrainedModel):
         )
         return image_features, merged_local + upsampled
 
-    def num_image_tokens(self, pixel_values: torch.Tensor, image_grids: torch.Tensor | None = None) -> list[int]:
-        """Image tokens per image: the global patches, plus `rows * cols * t^2` tile patches for Ferret-v2."""
-        patch = self.config.vision_config.patch_size
-        global_tokens = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
-        if not self.config.is_any_resolution or image_grids is None:
-            return [global_tokens] * pixel_values.shape[0]
-        tile_side = self.config.tile_size // self.config.tile_patch_size
-        return (global_tokens + image_grids.prod(-1) * tile_side**2).tolist()
-
     def get_placeholder_mask(
         self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
     ) -> torch.Tensor:
@@ -506,21 +497,21 @@ class FerretModel(FerretPreTrainedModel):
             image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(image_mask, scale_multimodal_features(image_features, scale))
 
-        region_mask = token_mask(self.config.region_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
         if region_points is not None and pixel_values is None:
             raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
-        if pixel_values is not None and not is_torchdynamo_compiling():  # decode steps embed region tokens as text
-            image_rows = image_mask.squeeze(-1).any(-1)
-            if region_points is not None or region_mask.any():
+        if pixel_values is not None:  # the prefill; decode steps embed region tokens as text and skip all of this
+            region_mask = token_mask(self.config.region_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
+            if not is_torchdynamo_compiling() and (region_points is not None or region_mask.any()):
+                image_rows = image_mask.squeeze(-1).any(-1)
                 check_region_inputs(
                     self.config, region_mask, image_rows, region_points, region_counts, pixel_values.shape[0]
                 )
-        if region_points is not None and region_points.shape[1] > 0:
-            region_features = self.get_region_features(image_outputs, region_points, image_mask.squeeze(-1))
-            scaled = scale_multimodal_features(region_features.to(inputs_embeds.dtype), scale)
-            inputs_embeds = scatter_region_features(inputs_embeds, region_mask, scaled)
-        elif self.training and pixel_values is not None:
-            inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
+            if region_points is not None and region_points.shape[1] > 0:
+                region_features = self.get_region_features(image_outputs, region_points, image_mask.squeeze(-1))
+                scaled = scale_multimodal_features(region_features.to(inputs_embeds.dtype), scale)
+                inputs_embeds = scatter_region_features(inputs_embeds, region_mask, scaled)
+            elif self.training:
+                inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
 
         outputs = self.language_model(
             attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs

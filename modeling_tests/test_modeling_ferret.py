@@ -1,14 +1,23 @@
-"""Behaviour of FerretModel / FerretForConditionalGeneration on tiny random configs."""
+"""Behaviour of FerretModel / FerretForConditionalGeneration on tiny random configs: outputs, generation, loss,
+save/load; bad or unusual inputs get clear errors instead of deep shape errors or silent NaN, degenerate regions and
+half precision stay finite; and loading never unpickles (see docs/robustness.md)."""
 
+import ast
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tiny_models import (
     IMAGE_TOKEN_ID,
+    NUM_POINTS,
     REGION_TOKEN_ID,
     batch_inputs,
     make_sample,
     tiny_ferret_config,
     tiny_ferret_model,
+    tiny_processor,
 )
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -327,3 +336,242 @@ def test_text_path_equals_the_bare_language_model_including_gemma2_logit_softcap
     ids = torch.randint(3, 60, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, language_model(input_ids=ids).logits)
+
+
+# ---- more bad input to forward (2 samples, 2 and 1 regions); half precision with an fp32 model ---------------
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    return batch_inputs([make_sample(2, seed=0), make_sample(1, seed=1)])
+
+
+def _forward(model, inputs, **overrides):
+    with torch.no_grad():
+        return model(**{**inputs, **overrides})
+
+
+def test_region_counts_that_differ_from_the_region_tokens_raise(model, inputs):
+    with pytest.raises(ValueError, match=r"`region_counts` is \[1, 1\] but the text holds \[2, 1\] region tokens"):
+        _forward(model, inputs, region_counts=torch.tensor([1, 1]))
+
+
+def test_region_points_and_counts_of_none_with_region_tokens_raise(model, inputs):
+    with pytest.raises(ValueError, match=r"region tokens but no `region_points` were given"):
+        _forward(model, inputs, region_points=None, region_counts=None)
+
+
+def test_region_points_with_fewer_slots_than_region_counts_raise_a_value_error(model, inputs):
+    # region_counts [2, 1] match the tokens, but region_points only has one slot per sample: today a RuntimeError from
+    # masked_scatter ("Number of elements of source < number of ones in mask").
+    with pytest.raises(ValueError, match=r"`region_points`"):
+        _forward(model, inputs, region_points=inputs["region_points"][:, :1])
+
+
+def test_region_points_with_too_few_points_for_the_sampler_raise_a_value_error(model, inputs):
+    # The sampler's first stage keeps 8 points with 4 neighbours; 3 points per region give a RuntimeError from topk
+    # ("selected index k out of range") today.
+    with pytest.raises(ValueError, match=r"`region_points`"):
+        _forward(model, inputs, region_points=inputs["region_points"][:, :, :3])
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_non_finite_pixel_values_raise_a_value_error_naming_pixel_values(model, inputs, bad_value):
+    pixel_values = inputs["pixel_values"].clone()
+    pixel_values[0, 0, 0, 0] = bad_value  # today: logits silently all NaN
+    with pytest.raises(ValueError, match=r"`pixel_values`"):
+        _forward(model, inputs, pixel_values=pixel_values)
+
+
+@pytest.mark.parametrize(
+    "make_bad", [lambda pv: pv[0], lambda pv: pv[:, :1]], ids=["3-D", "1-channel"]
+)
+def test_pixel_values_of_the_wrong_rank_or_channel_count_raise_a_value_error_naming_pixel_values(
+    model, inputs, make_bad
+):
+    # Today: "not enough values to unpack (expected 4, got 3)" and a conv2d RuntimeError about channels.
+    with pytest.raises(ValueError, match=r"`pixel_values`"):
+        _forward(model, inputs, pixel_values=make_bad(inputs["pixel_values"]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_pixel_values_work_with_an_fp32_model(model, inputs, dtype):
+    reference = _forward(model, inputs).logits
+    logits = _forward(model, inputs, pixel_values=inputs["pixel_values"].to(dtype)).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, reference, atol=0.05, rtol=0.05)
+
+
+def test_half_precision_region_points_work_with_an_fp32_model(model, inputs):
+    logits = _forward(model, inputs, region_points=inputs["region_points"].half()).logits
+    assert torch.isfinite(logits).all()
+
+
+# ---- degenerate regions through the processor and a tiny model with the fixture's vocabulary (502) -----------
+
+
+@pytest.fixture(scope="module")
+def processor(parity_dir):
+    return tiny_processor(parity_dir, num_region_points=NUM_POINTS)
+
+
+@pytest.fixture(scope="module")
+def model_502():
+    return tiny_ferret_model(seed=6, text_config={"model_type": "llama", "vocab_size": 502, "hidden_size": 32,
+                             "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+                             image_token_index=501, region_token_index=500)  # fmt: skip
+
+
+def _one_pixel_mask(height, width, row, column):
+    mask = np.zeros((height, width), bool)
+    mask[row, column] = True
+    return mask
+
+
+DEGENERATE = {
+    "1-pixel-mask": ((20, 30), [_one_pixel_mask(20, 30, 7, 9)]),
+    "1-pixel-mask-at-corner": ((20, 30), [_one_pixel_mask(20, 30, 19, 29)]),
+    "point-at-border": ((20, 30), [(29.9, 0)]),
+    "zero-size-box-at-border": ((20, 30), [(29, 19, 29, 19)]),
+    "box-clipped-to-one-column": ((20, 30), [(29, -50, 500, 500)]),
+    "1x1-image": ((1, 1), [(0, 0), (0, 0, 0, 0)]),
+    "1x10000-image": ((1, 10000), [(9999, 0), (0, 0, 9999, 0)]),
+}
+
+
+def _degenerate_inputs(processor, size, regions):
+    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    text = "<image>\nWhat is " + " and ".join(["<region>"] * len(regions)) + "?"
+    return processor(images=image, text=text, regions=regions, return_tensors="pt")
+
+
+@pytest.mark.parametrize("name", list(DEGENERATE))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_degenerate_regions_never_produce_nan_or_inf(processor, model_502, name, dtype):
+    size, regions = DEGENERATE[name]
+    inputs = _degenerate_inputs(processor, size, regions)
+    points = inputs["region_points"][0]
+    assert ((points >= 0) & (points < 1)).all()
+    if "pixel" in name or "1x1-" in name:
+        assert (points == points[:, :1]).all()  # every sampled point identical
+    model = model_502 if dtype == torch.float32 else _half(model_502)
+    with torch.no_grad():
+        outputs = model(**inputs, output_hidden_states=True)
+    assert outputs.region_hidden_states.shape[:2] == (1, len(regions))
+    assert torch.isfinite(outputs.region_hidden_states).all()
+    assert all(torch.isfinite(hidden).all() for hidden in outputs.hidden_states)
+    assert torch.isfinite(outputs.logits).all()
+
+
+_HALF_MODELS = {}
+
+
+def _half(model):
+    if id(model) not in _HALF_MODELS:
+        half = tiny_ferret_model(seed=6, text_config={"model_type": "llama", "vocab_size": 502, "hidden_size": 32,
+                                 "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+                                 image_token_index=501, region_token_index=500)  # fmt: skip
+        half.load_state_dict(model.state_dict())
+        _HALF_MODELS[id(model)] = half.half()
+    return _HALF_MODELS[id(model)]
+
+
+def test_nan_free_images_from_the_processor_give_finite_logits(processor, model_502):
+    image = Image.fromarray(np.full((10, 10, 3), 255, np.uint8))
+    inputs = processor(images=image, text="<image>\n<region>", regions=[(0, 0, 9, 9)], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model_502(**inputs).logits).all()
+
+
+# ---- safe loading: `torch.load` with `weights_only=True`, nothing unpickles, PIL's guards stay on ------------
+
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SCANNED = [REPOSITORY / "src", REPOSITORY / "conversion"]
+
+
+def _dotted(node: ast.AST) -> str:
+    """`torch.load`, `np.load`, `Image.MAX_IMAGE_PIXELS`, ... for a Name/Attribute chain, else ''."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return ""
+
+
+def _keyword_is(call: ast.Call, name: str, value) -> bool:
+    return any(k.arg == name and isinstance(k.value, ast.Constant) and k.value.value is value for k in call.keywords)
+
+
+def unsafe_loading(source: str) -> list[str]:
+    """Problems in one Python source: `(line) what`."""
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            name = _dotted(node.func)
+            if name == "torch.load":
+                if not _keyword_is(node, "weights_only", True):
+                    problems.append(f"({node.lineno}) torch.load without weights_only=True")
+            elif name.split(".")[-1] in ("load", "loads", "Unpickler") and name.split(".")[0] in (
+                "pickle", "cPickle", "dill", "joblib", "cloudpickle", "marshal", "shelve"
+            ):  # fmt: skip
+                problems.append(f"({node.lineno}) {name}")
+            elif name.endswith(("np.load", "numpy.load")) and _keyword_is(node, "allow_pickle", True):
+                problems.append(f"({node.lineno}) {name} with allow_pickle=True")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [alias.name for alias in node.names]
+            modules += [node.module] if isinstance(node, ast.ImportFrom) else []
+            if any(module and module.split(".")[0] in ("pickle", "dill", "cloudpickle", "marshal", "shelve")
+                   for module in modules):  # fmt: skip
+                problems.append(f"({node.lineno}) import of a pickle module")
+            from_torch = isinstance(node, ast.ImportFrom) and node.module == "torch"
+            if from_torch and any(alias.name == "load" for alias in node.names):
+                problems.append(f"({node.lineno}) `from torch import load` hides torch.load from this check")
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                name = _dotted(target)
+                if name.endswith("MAX_IMAGE_PIXELS"):
+                    problems.append(f"({node.lineno}) {name} changed: PIL's decompression-bomb guard stays on")
+                if name.endswith("LOAD_TRUNCATED_IMAGES"):
+                    problems.append(f"({node.lineno}) {name} changed: truncated images must raise")
+    return problems
+
+
+def test_torch_load_calls_use_weights_only_and_nothing_unpickles():
+    files = [path for root in SCANNED for path in sorted(root.rglob("*.py"))]
+    assert len(files) > 10
+    problems = {
+        str(path.relative_to(REPOSITORY)): found
+        for path in files
+        if (found := unsafe_loading(path.read_text(encoding="utf-8")))
+    }
+    assert problems == {}
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import torch\nstate = torch.load(path)", "torch.load without weights_only=True"),
+        ("import torch\nstate = torch.load(path, weights_only=False)", "torch.load without weights_only=True"),
+        ("import torch as t\nstate = t.load(path, map_location='cpu')", None),  # aliases: see below
+        ("import pickle\nstate = pickle.load(f)", "import of a pickle module"),
+        ("import numpy as np\nnp.load(p, allow_pickle=True)", "np.load with allow_pickle=True"),
+        ("from PIL import Image\nImage.MAX_IMAGE_PIXELS = None", "decompression-bomb guard stays on"),
+        ("from PIL import ImageFile\nImageFile.LOAD_TRUNCATED_IMAGES = True", "truncated images must raise"),
+        ("from torch import load\nload(p)", "hides torch.load"),
+        ("import torch\ntorch.load(path, map_location='cpu', weights_only=True, mmap=True)", ""),
+    ],
+)
+def test_the_check_catches_unsafe_patterns(source, expected):
+    problems = unsafe_loading(source)
+    if expected == "":
+        assert problems == []
+    elif expected is None:
+        # `import torch as t` is not resolved; the code base imports torch by its name, which this asserts
+        assert all("import torch as" not in path.read_text() for root in SCANNED for path in root.rglob("*.py"))
+    else:
+        assert any(expected in problem for problem in problems), problems

@@ -1,6 +1,10 @@
-"""FerretProcessor + chat template + converted tokenizer reproduce the original Ferret inputs; errors and parsing."""
+"""FerretProcessor + chat template + converted tokenizer reproduce the original Ferret inputs; errors and parsing; and
+transformers' `ProcessorTesterMixin` runs against FerretProcessor (bad input: test_processing_ferret_errors.py)."""
 
 import json
+import unittest
+import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -8,12 +12,20 @@ import torch
 from jinja2.exceptions import TemplateError
 from PIL import Image
 from safetensors.numpy import load_file
+from tiny_models import ORIGINAL_FERRET_FIXTURES
+from transformers.processing_utils import ProcessorMixin
 
 import transformers_ferret  # noqa: F401  (registers the Ferret classes with the Auto classes)
 from transformers_ferret.image_processing_ferret import FerretImageProcessorPil
 from transformers_ferret.chat_templates import FERRET_SYSTEM_PROMPT
 from transformers_ferret.processing_ferret import FerretProcessor
 from transformers_ferret.conversion import convert_original_tokenizer
+
+with warnings.catch_warnings():
+    # transformers registers its custom marks (flash_attn_test, torch_compile_test, ...) in its own conftest
+    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
+    from transformers_common.tests import test_processing_common
+    from transformers_common.tests.test_processing_common import ProcessorTesterMixin
 
 
 ALL_CASES = [
@@ -374,3 +386,113 @@ def test_save_and_reload_keeps_template_tokens_and_attributes(processor, parity_
     original, again = (_apply_template(p, parity_dir, case) for p in (processor, reloaded))
     for key in ("input_ids", "attention_mask", "pixel_values", "region_points", "region_counts"):
         assert torch.equal(original[key], again[key]), key
+
+
+# --- transformers' common processor tests (as tests/models/llava_next/test_processing_llava_next.py) ---
+
+LOCAL_SAMPLE_IMAGE = str(ORIGINAL_FERRET_FIXTURES / "images" / "image_a.png")
+
+
+class FerretProcessorTest(ProcessorTesterMixin, unittest.TestCase):
+    """The mixin builds the processor from the components below, saves it and loads it back for every test. Its sample
+    image is a Hub URL (hf-internal-testing/fixtures_image_utils, coco_sample.png); nothing is downloaded here, a
+    parity fixture image stands in for it (`setUp`)."""
+
+    processor_class = FerretProcessor
+
+    @classmethod
+    def _setup_tokenizer(cls):
+        return convert_original_tokenizer(ORIGINAL_FERRET_FIXTURES / "ferret_tiny")  # `<image>` 501, `<region_fea>` 500
+
+    @classmethod
+    def _setup_image_processor(cls):
+        return FerretImageProcessorPil(size={"height": 28, "width": 28})
+
+    @staticmethod
+    def prepare_processor_dict():
+        return {"patch_size": 14, "num_region_points": 16}
+
+    def setUp(self):
+        super().setUp()
+        local_images = [LOCAL_SAMPLE_IMAGE] * len(test_processing_common.MODALITY_INPUT_DATA["images"])
+        self.enterContext(mock.patch.dict(test_processing_common.MODALITY_INPUT_DATA, images=local_images))
+        to_local = lambda url: LOCAL_SAMPLE_IMAGE if url.endswith(".png") else url  # noqa: E731
+        self.enterContext(mock.patch.object(test_processing_common, "url_to_local_path", to_local))
+
+    @staticmethod
+    def does_processor_return_mm_offsets(processor_class, method_name: str):
+        # FerretProcessor writes its image replacements in `_process_images` (their length depends on the original
+        # image size for Ferret-v2), not in `replace_image_token`, which is how the mixin recognises a processor that
+        # returns replacement offsets. Without this, the offset, assistant-mask and image-count checks would not run.
+        if method_name == "replace_image_token":
+            return processor_class._process_images is not ProcessorMixin._process_images
+        return ProcessorTesterMixin.does_processor_return_mm_offsets(processor_class, method_name)
+
+    def test_model_input_names(self):
+        """`model_input_names` lists the inputs of every Ferret configuration (see
+        `test_model_input_names_include_region_inputs`): `region_points` and `region_counts` come with referred regions
+        only, `pixel_values_tiles` and `image_grids` from a Ferret-v2 (any-resolution) image processor only. The
+        mixin's equality is checked for this Ferret (v1) processor without and with a region."""
+        processor = self.get_processor()
+        text, image = self.prepare_text_inputs(modalities=["image"]), self.prepare_images_inputs()
+        names = set(processor.model_input_names) - {"pixel_values_tiles", "image_grids"}
+        inputs = processor(text=text, images=image, return_tensors="pt")
+        self.assertSetEqual(set(inputs.keys()), names - {"region_points", "region_counts"})
+        inputs = processor(text=text + "<region>", images=image, regions=[(1, 1)], return_tensors="pt")
+        self.assertSetEqual(set(inputs.keys()), names)
+
+    @staticmethod
+    def _saved_as_a_native_processor():
+        """FerretProcessor is registered for `AutoProcessor`, so that saved folders carry their code (see
+        test_remote_code.py). `save_pretrained` then writes `auto_map` into the saved instance (transformers'
+        `custom_object_save`) and `from_pretrained` leaves it out, so the two `to_dict()` differ by `auto_map` alone.
+        The mixin's round trips run without that registration, as for a processor inside transformers."""
+        return mock.patch.object(FerretProcessor, "_auto_class", None)
+
+    def test_processor_from_and_save_pretrained(self):
+        with self._saved_as_a_native_processor():
+            super().test_processor_from_and_save_pretrained()
+
+    def test_processor_from_and_save_pretrained_as_nested_dict(self):
+        with self._saved_as_a_native_processor():
+            super().test_processor_from_and_save_pretrained_as_nested_dict()
+
+
+NO_VIDEO = "Ferret has no video input: FerretProcessor has no video processor (images and text only)"
+NO_AUDIO = "Ferret has no audio input: FerretProcessor has no audio processor or feature extractor"
+NOT_FOR_FERRET = {
+    "test_apply_chat_template_audio": NO_AUDIO,  # left on the class by `@require_librosa` over `parameterized.expand`
+    **{f"test_apply_chat_template_audio_{index}": NO_AUDIO for index in range(4)},
+    "test_apply_chat_template_decoded_video": NO_VIDEO,  # left by `@require_torchcodec` over `parameterized.expand`
+    "test_apply_chat_template_decoded_video_0": NO_VIDEO,
+    "test_apply_chat_template_video": NO_VIDEO,  # left by `@require_torchcodec` over `parameterized.expand`
+    "test_apply_chat_template_video_0": NO_VIDEO,
+    "test_apply_chat_template_video_1": NO_VIDEO,
+    "test_apply_chat_template_video_frame_sampling": NO_VIDEO,
+    "test_chat_template_audio_from_video": NO_VIDEO + "; " + NO_AUDIO,
+    "test_chat_template_audio_sampling_rate": NO_AUDIO,
+    "test_get_num_multimodal_tokens_matches_processor_call_audio": NO_AUDIO,
+    "test_get_num_multimodal_tokens_matches_processor_call_video": NO_VIDEO,
+    "test_apply_chat_template_tool_calls_no_content": "Ferret's chat template (the original's Vicuna v1) has no tool "
+    "calls: it accepts the roles system, user and assistant only (test_unknown_role_is_rejected_by_the_template)",
+    "test_subprocessor_defaults_2_videos": NO_VIDEO,
+    "test_subprocessor_defaults_3_audio": NO_AUDIO,
+    "test_doubly_passed_kwargs_1_videos": NO_VIDEO,
+}
+for _test in ("kwargs_overrides_default_subprocessor_kwargs", "overlapping_text_image_kwargs_handling",
+              "structured_kwargs_nested_from_dict", "subprocessor_defaults_preserved_by_kwargs", "unstructured_kwargs",
+              "unstructured_kwargs_batched"):  # fmt: skip
+    NOT_FOR_FERRET.update({f"test_{_test}_1_videos": NO_VIDEO, f"test_{_test}_2_audio": NO_AUDIO})
+
+
+def _skipped(reason: str):
+    @pytest.mark.skip(reason=reason)
+    def test(self):
+        pass
+
+    return test
+
+
+for _name, _reason in NOT_FOR_FERRET.items():
+    assert hasattr(ProcessorTesterMixin, _name), _name  # a mixin test renamed upstream must not be skipped silently
+    setattr(FerretProcessorTest, _name, _skipped(_reason))

@@ -1,4 +1,5 @@
-"""The region sampler's folded, chunked computation against the plain per-pair formula of the original code."""
+"""The region sampler's folded, chunked computation against the plain per-pair formula of the original code, and its
+functions in half precision (see docs/robustness.md)."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from transformers_ferret.modeling_ferret_sampler import (
     gather_points,
     knn_indices,
     sample_point_features,
+    square_distance,
 )
 
 
@@ -148,3 +150,31 @@ def test_compiled_farthest_point_sampling_keeps_the_eager_picks():
             distance = np.minimum(distance, ((cloud - cloud[expected[-1]]) ** 2).sum(-1))
             expected.append(int(np.argmax(distance)))
         assert picks == expected
+
+
+# --- half precision: distances in float32, finite reads at the borders ---
+
+
+def test_sampler_distances_are_float32_for_half_inputs_and_do_not_overflow():
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(3, 64, 2, generator=generator)
+    points[1] = 0.5  # all identical
+    points[2, :, 0] = 0.999  # a column at the border
+    kept_half = farthest_point_sample(points.half(), 16)
+    kept_float = farthest_point_sample(points.half().float(), 16)
+    assert torch.equal(kept_half, kept_float)
+    distance = square_distance(points.half(), points.half())
+    assert distance.dtype == torch.float32 and torch.isfinite(distance).all()
+    # far-apart coordinates whose squares overflow fp16 (65504) stay finite: the distance is computed in float32
+    far = torch.tensor([[[0.0, 0.0], [300.0, 300.0]]], dtype=torch.float16)
+    assert torch.isfinite(square_distance(far, far)).all() and square_distance(far, far).max() == 180000
+    neighbors = knn_indices(points[:, :16].half(), points.half(), 4)
+    assert neighbors.shape == (3, 16, 4) and (neighbors < 64).all()
+
+
+def test_bilinear_read_in_half_precision_is_finite_at_the_borders():
+    maps = torch.randn(2, 8, 4, 4, dtype=torch.float16) * 1000
+    points = torch.tensor([[[0.0, 0.0], [0.9999, 0.9999], [0.5, 0.0]], [[0.0, 0.9999], [0.9999, 0.0], [1.0, 1.0]]])
+    for transposed in (False, True):
+        features = sample_point_features(maps, points.half(), transposed)
+        assert features.dtype == torch.float16 and torch.isfinite(features).all()

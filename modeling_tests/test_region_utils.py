@@ -1,10 +1,16 @@
-"""Region masks, coordinate text and sampled points follow the original Ferret code exactly."""
+"""Region masks, coordinate text and sampled points follow the original Ferret code exactly; degenerate regions are
+valid, and sampled points lie inside every mask (property-based)."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image
 from safetensors.numpy import load_file
 
@@ -317,3 +323,51 @@ def test_mask_coordinate_text_is_the_bounding_box_of_its_pixels():
         rows, columns = np.nonzero(mask)
         box = np.array([columns.min(), rows.min(), columns.max(), rows.max()]) * 1000 / [width, height, width, height]
         assert normalize_region(mask, (height, width))[1] == "[" + ", ".join(str(int(v)) for v in box) + "]"
+
+
+# --- degenerate regions and random masks ---
+
+
+@pytest.mark.parametrize(
+    "region, size",
+    [((0, 0), (1, 1)), ((0, 0, 0, 0), (1, 1)), ((9999, 0), (1, 10000)), ((29, 19), (20, 30))],  # last: bottom-right
+)
+def test_one_pixel_and_border_regions_give_a_non_empty_mask_and_coordinates_on_the_grid(region, size):
+    mask, text = normalize_region(region, size)
+    assert mask.any()
+    values = [int(value) for value in text.strip("[]").split(",")]
+    assert all(0 <= value <= 999 for value in values)
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    masks=st.integers(1, 30).flatmap(
+        lambda height: st.integers(1, 30).flatmap(
+            lambda width: st.lists(arrays(np.bool_, (height, width)), min_size=1, max_size=4)
+        )
+    ),
+    num_points=st.integers(1, 64),
+)
+def test_mask_to_points_samples_inside_every_non_empty_mask(masks, num_points):
+    masks = [mask.copy() for mask in masks]
+    for mask in masks:
+        mask[0, 0] = True
+    stacked = torch.from_numpy(np.stack(masks))
+    points = mask_to_points(stacked, num_points)
+    height, width = masks[0].shape
+    assert points.shape == (len(masks), num_points, 2) and ((points >= 0) & (points < 1)).all()
+    columns, rows = (points[..., 0] * width).round().long(), (points[..., 1] * height).round().long()
+    regions = torch.arange(len(masks))[:, None].expand(-1, num_points)
+    assert stacked[regions, rows, columns].all()
+    expected_distinct = torch.tensor([min(int(mask.sum()), num_points) for mask in masks])
+    distinct = torch.tensor([len({tuple(p) for p in region.tolist()}) for region in points])
+    assert torch.equal(distinct, expected_distinct)
+
+
+def test_hypothesis_keeps_its_files_out_of_the_repository():
+    from hypothesis.configuration import storage_directory
+
+    repository = Path(__file__).resolve().parents[1]
+    if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        assert repository not in storage_directory("x", intent_to_write=False).path.parents

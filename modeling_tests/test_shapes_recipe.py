@@ -3,18 +3,18 @@ scores what its row in benchmarks/shapes/README.md says."""
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks" / "shapes"))
-SHIPPED = ROOT / "examples" / "checkpoints" / "ferret-shapes-tiny"
+import transformers_ferret  # noqa: F401
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import transformers_ferret  # noqa: E402,F401
-from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
+# The recipe's modules (train, evaluate, recipe, ...) are imported by bare name: benchmarks/shapes is on pytest's
+# `pythonpath` (pyproject.toml), as it is on `sys.path` when they run as scripts.
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "examples" / "checkpoints" / "ferret-shapes-tiny"
 
 FRESH_SEED = 2026  # neither the training stream (0), the tokenizer corpus (99) nor the table's evaluation (12345)
 

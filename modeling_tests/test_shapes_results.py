@@ -9,16 +9,13 @@ together (`report.py`, see "What the report keeps" in benchmarks/shapes/README.m
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
+import report  # benchmarks/shapes/report.py, on pytest's `pythonpath` (pyproject.toml)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ROOT / "benchmarks" / "shapes"
-sys.path.insert(0, str(SHAPES))
-
-import report  # noqa: E402
 
 RESULTS = SHAPES / "results.json"
 RESULTS_20_80 = SHAPES / "results_objects20-80.json"

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.image_utils import get_image_size, make_flat_list_of_images, to_numpy_array
+from transformers.image_utils import ImageInput, get_image_size, make_flat_list_of_images, to_numpy_array
 from transformers.processing_utils import MultiModalData, ProcessorMixin
+from transformers.tokenization_utils_base import TextInput
 
 # The markers `apply_chat_template(..., sanitize_control_tokens=True)` puts around control tokens typed in user text
 # (transformers >= 5.25, which the package requires, has no public name for them): marked tokens are not placeholders.
@@ -187,6 +188,19 @@ def split_images_per_sample(images, texts: list[str], image_token: str) -> list[
 
 
 
+def texts_of(text) -> list[str]:
+    """`text` (a string or a list of strings) as a non-empty list of strings; a clear error for anything else."""
+    if not isinstance(text, (str, list, tuple)) or not all(isinstance(sample, str) for sample in text):
+        found = type(text).__name__ if not isinstance(text, (list, tuple)) else "a list holding " + ", ".join(
+            sorted({type(sample).__name__ for sample in text if not isinstance(sample, str)})
+        )
+        raise TypeError(f"`text` must be a string or a list of strings, got {found}.")
+    texts = [text] if isinstance(text, str) else list(text)
+    if not texts:
+        raise ValueError("`text` is an empty list: give at least one prompt.")
+    return texts
+
+
 def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -274,7 +288,9 @@ class FerretProcessor(ProcessorMixin):
         chat_template = DEFAULT_CHAT_TEMPLATE if chat_template is None else chat_template
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
-    def __call__(self, images=None, text=None, regions=None, **kwargs) -> BatchFeature:
+    def __call__(
+        self, images: ImageInput | None = None, text: TextInput | list[TextInput] | None = None, regions=None, **kwargs
+    ) -> BatchFeature:
         """
         Prepares images, text and referred regions for the model.
 
@@ -304,14 +320,7 @@ class FerretProcessor(ProcessorMixin):
                 raise ValueError("`regions` were given without `text`: refer to them with `<region>` in `text`.")
             return super().__call__(images=images, text=text, **kwargs)
 
-        if not isinstance(text, (str, list, tuple)) or not all(isinstance(sample, str) for sample in text):
-            found = type(text).__name__ if not isinstance(text, (list, tuple)) else "a list holding " + ", ".join(
-                sorted({type(sample).__name__ for sample in text if not isinstance(sample, str)})
-            )
-            raise TypeError(f"`text` must be a string or a list of strings, got {found}.")
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts:
-            raise ValueError("`text` is an empty list: give at least one prompt.")
+        texts = texts_of(text)
         sanitized = kwargs.get("sanitize_control_tokens")
         unmarked_texts = [_without_marked_tokens(sample) for sample in texts] if sanitized else texts
         self.validate_inputs(images=images, text=unmarked_texts)

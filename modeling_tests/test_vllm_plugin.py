@@ -12,10 +12,17 @@ config, every weight unchanged): a different function of the same parameters, an
 region path (CLIP features, linear projector, the original sampler with its transposed read).
 """
 
+import base64
 import importlib.util
+import io
 import json
 import os
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +87,20 @@ def _requests(tmp_path: Path) -> dict:
         "prompt": PROMPT.format(question=question), "image": str(images[image]), "regions": regions
     }
     mask = {"mask": str(_mask(tmp_path, images["a"]))}
+    chat = lambda image, *parts: [  # noqa: E731
+        {"role": "user", "content": [{"type": "image", "path": str(images[image])}, *parts]}
+    ]
+    text = lambda words: {"type": "text", "text": words}  # noqa: E731
     return {
+        "chats": {
+            "chats": [
+                chat("a", text("What is "), {"type": "region", "box": [10, 20, 60, 80]}, text("?")),
+                chat("wide", text("What is at "), {"type": "region", "point": [200, 50]}, text("?")),
+                chat("a", text("Compare "), {"type": "region", **mask}, text(" and "),
+                     {"type": "region", "box": [100, 30, 150, 110]}, text(".")),  # fmt: skip
+                chat("tall", text("Describe the image.")),
+            ]
+        },
         "image_text": ask("Describe the image.", "a"),
         "box": ask("What is in <region>?", "a", [{"box": [10, 20, 60, 80]}]),
         "point": ask("What is at <region>?", "b", [{"point": [40, 70]}]),
@@ -94,9 +114,31 @@ def _requests(tmp_path: Path) -> dict:
     }
 
 
-def _transformers_outputs(model_dir: Path, request: dict) -> dict:
+def _load(model_dir: Path):
     processor = FerretProcessor.from_pretrained(model_dir)
-    model = FerretForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return processor, FerretForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def _transformers_chat(model_dir: Path, messages: list) -> dict:
+    """`apply_chat_template` (region items in the messages) + greedy `generate`, one conversation alone."""
+    processor, model = _load(model_dir)
+
+    def item(part):
+        if part["type"] == "image":
+            return {"type": "image", "image": Image.open(part["path"]).convert("RGB")}
+        return {**part, "mask": np.load(part["mask"])} if isinstance(part.get("mask"), str) else part
+
+    messages = [{**message, "content": [item(part) for part in message["content"]]} for message in messages]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    generated = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
+    prompt_ids = inputs["input_ids"][0].tolist()
+    return {"prompt_ids": prompt_ids, "token_ids": generated[0, len(prompt_ids) :].tolist()}
+
+
+def _transformers_outputs(model_dir: Path, request: dict) -> dict:
+    processor, model = _load(model_dir)
     regions = [
         {"mask": np.load(region["mask"])} if isinstance(region.get("mask"), str) else region
         for region in request.get("regions") or []
@@ -175,6 +217,11 @@ def test_a_batch_with_different_regions_and_grids_matches_each_request_alone(run
     assert len(grids) == 3  # the batch mixes three tile grids
 
 
+def test_llm_chat_with_region_items_matches_apply_chat_template(runs):
+    chats = runs["requests"]["chats"]["chats"]
+    assert runs["shipped"]["chats"]["outputs"] == [_transformers_chat(SHIPPED, chat) for chat in chats]
+
+
 @pytest.mark.parametrize("name", ["image_text", "box", "point", "free_form", "batch"])
 def test_ferret_v1_requests_match_transformers(runs, name):
     batch = runs["requests"][name] if name == "batch" else [runs["requests"][name]]
@@ -196,3 +243,80 @@ def test_bad_region_requests_get_clear_errors_and_the_engine_keeps_serving(runs)
     assert "needs its prompt as text" in token_ids["message"]
     (got,) = good["outputs"]
     assert got == _transformers_outputs(SHIPPED, runs["requests"]["box"])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`vllm serve`'s OpenAI-compatible server on 127.0.0.1 with the shipped checkpoint (started as its module: the
+    community CPU build's `vllm` command looks up a distribution named `vllm` and fails; the module is the same
+    server)."""
+    assert VLLM_PYTHON, "FERRET_VLLM_PYTHON must name the Python of the vLLM environment (.ci/run builds .venv-vllm)"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path_factory.mktemp("vllm_serve") / "server.log").open("w")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(SHIPPED), "--served-model-name",
+         "ferret", "--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, f"the server exited with {process.returncode}; see {log.name}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, f"the server did not start in 300 s; see {log.name}"
+                time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def _data_url(path: str) -> str:
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _chat_completion(url: str, messages: list) -> tuple[int, dict]:
+    """POST /v1/chat/completions as an OpenAI client does (the image as a data URL)."""
+    def item(part):
+        if part["type"] == "image":
+            return {"type": "image_url", "image_url": {"url": _data_url(part["path"])}}
+        return {**part, "mask": np.load(part["mask"]).tolist()} if isinstance(part.get("mask"), str) else part  # JSON
+
+    body = {
+        "model": "ferret", "temperature": 0, "max_tokens": MAX_TOKENS, "return_token_ids": True,
+        "messages": [{**message, "content": [item(part) for part in message["content"]]} for message in messages],
+    }  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_vllm_serve_answers_region_chats_as_transformers_and_rejects_only_the_bad_one(server, tmp_path):
+    chats = _requests(tmp_path)["chats"]["chats"]
+    bad = [{**chats[0][0], "content": [*chats[0][0]["content"][:2], {"type": "region", "box": [10, 20, 60]}]}]
+    with ThreadPoolExecutor(len(chats) + 1) as pool:  # concurrent requests, one of them bad
+        responses = list(pool.map(lambda chat: _chat_completion(server, chat), [*chats, bad]))
+    processor = FerretProcessor.from_pretrained(SHIPPED)
+    for chat, (status, body) in zip(chats, responses):
+        assert status == 200, body
+        expected = _transformers_chat(SHIPPED, chat)
+        choice = body["choices"][0]
+        assert body["prompt_token_ids"] == expected["prompt_ids"]
+        assert choice["token_ids"] == expected["token_ids"]
+        assert choice["message"]["content"].strip() == processor.decode(expected["token_ids"], skip_special_tokens=True).strip()
+    status, body = responses[-1]
+    assert status == 400 and 'region item 0: a region "box" needs 4 numbers' in body["error"]["message"]

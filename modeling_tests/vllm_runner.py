@@ -8,7 +8,8 @@ load Ferret's model and multimodal processor. vLLM starts its engine in a subpro
 
 `spec.json`: `{"model": folder, "max_tokens": n, "requests": [...], "engine": {LLM kwargs}}`; a request is
 `{"prompt": text (or "prompt_ids": token ids), "image": png path | null, "regions": [{"box" | "point": [...]} | {"mask": npy path}]}`, or a list of
-such requests for one `LLM.generate` call (a batch). Output: per call, the prompt ids and greedy token ids of each
+such requests for one `LLM.generate` call (a batch), or `{"chats": [messages, ...]}` for one `LLM.chat` call (image
+items `{"type": "image", "path": png}`, region items as in transformers, a mask as an npy path). Output: per call, the prompt ids and greedy token ids of each
 request, or the error a call raised (its type and message).
 """
 
@@ -32,6 +33,16 @@ def _multimodal_data(request: dict) -> dict:
     return data
 
 
+def _vllm_messages(messages: list) -> list:
+    """Chat messages with `{"type": "image", "path": png}` items as vLLM's `image_pil` items."""
+    def item(part):
+        if part.get("type") != "image":
+            return {**part, "mask": np.load(part["mask"])} if isinstance(part.get("mask"), str) else part
+        return {"type": "image_pil", "image_pil": Image.open(part["path"]).convert("RGB")}
+
+    return [{**message, "content": [item(part) for part in message["content"]]} for message in messages]
+
+
 def _vllm_prompt(request: dict) -> dict:
     prompt = {"prompt_token_ids": request["prompt_ids"]} if "prompt_ids" in request else {"prompt": request["prompt"]}
     if data := _multimodal_data(request):
@@ -51,7 +62,10 @@ def main(spec_path: str, results_path: str) -> None:
     for call in spec["requests"]:
         batch = call if isinstance(call, list) else [call]
         try:
-            outputs = llm.generate([_vllm_prompt(request) for request in batch], params, use_tqdm=False)
+            if "chats" in call:  # one LLM.chat call, a conversation per request
+                outputs = llm.chat([_vllm_messages(chat) for chat in call["chats"]], params, use_tqdm=False)
+            else:
+                outputs = llm.generate([_vllm_prompt(request) for request in batch], params, use_tqdm=False)
         except Exception as error:  # reported to the test, which checks the message; the engine must keep serving
             results.append({"error": type(error).__name__, "message": str(error)})
             continue

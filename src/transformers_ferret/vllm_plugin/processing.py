@@ -61,8 +61,11 @@ def region_of_request_item(item, index: int) -> dict:
     if item.get("type", REGION_MODALITY) != REGION_MODALITY or extra:
         raise ValueError(f"{where}: unexpected keys {extra or ['type']} in {sorted(item)}.")
     region = dict(item)
-    if isinstance(region.get("mask"), (list, tuple)):
-        region["mask"] = np.asarray(region["mask"])
+    if isinstance(region.get("mask"), (list, tuple)):  # JSON: rows of numbers or booleans
+        try:
+            region["mask"] = np.asarray(region["mask"])
+        except ValueError:
+            raise ValueError(f'{where}: a region "mask" given as lists must be [height, width] rows of equal length.')
     return _region_of_item(region, where)
 
 

@@ -1,15 +1,15 @@
-"""transformers' own common model tests (`ModelTesterMixin`, `ConfigTester`, 5.23.0) run against Ferret.
+"""transformers' own common model tests (`ModelTesterMixin`, `ConfigTester`, 5.25.0) run against Ferret.
 
 The mixins are vendored unchanged under `transformers_common/` (see its README). As in transformers' LLaVA tests,
 a tiny model tester builds a config and inputs. `FerretModelTest` runs every common test on image + text inputs;
 `FerretModelWithRegionsTest` runs them again with region tokens, `region_points` and `region_counts` (samples with
 2, 1 and 0 regions), so the forward passes, batch slicing, save/load, training, ... of the common tests also go
 through the region sampler. Both also run the generation tests at the end of `FerretModelTest`, written here
-because transformers' `GenerationTesterMixin` (tests/generation/test_utils.py) is not in the 5.23.0 source
+because transformers' `GenerationTesterMixin` (tests/generation/test_utils.py) is not in the 5.25.0 source
 distribution and cannot be vendored unchanged.
 
 Skips and expected failures are only those of transformers' own LLaVA / LLaVA-NeXT model tests, with their reasons
-quoted (taken from those files at v5.15.0, the newest version readable offline: the 5.23.0 sdist ships no model
+quoted (taken from those files at v5.15.0, the newest version readable offline: the 5.25.0 sdist ships no model
 tests).
 """
 

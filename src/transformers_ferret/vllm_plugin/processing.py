@@ -153,6 +153,12 @@ class FerretMultiModalProcessor(BaseMultiModalProcessor[FerretProcessingInfo]):
         fields.update({f"region_{name}": MultiModalFieldConfig.batched(REGION_MODALITY) for name in image_fields})
         return fields
 
+    def get_dummy_inputs(self, seq_len, mm_counts, mm_options):
+        """vLLM's profiling inputs, with their text (the dummy prompt has `<region>`s, like a user's)."""
+        inputs = super().get_dummy_inputs(seq_len, mm_counts, mm_options)
+        text = self.dummy_inputs.get_dummy_text(mm_counts)
+        return dataclasses.replace(inputs, hf_processor_mm_kwargs={**inputs.hf_processor_mm_kwargs, PROMPT_TEXT_KEY: text})
+
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         return []  # `apply` writes the whole prompt with FerretProcessor (coordinate text depends on the image)
 

@@ -13,7 +13,6 @@ from jinja2.exceptions import TemplateError
 from PIL import Image
 from safetensors.numpy import load_file
 from tiny_models import ORIGINAL_FERRET_FIXTURES
-from transformers.processing_utils import ProcessorMixin
 
 import transformers_ferret  # noqa: F401  (registers the Ferret classes with the Auto classes)
 from transformers_ferret.image_processing_ferret import FerretImageProcessorPil
@@ -418,15 +417,6 @@ class FerretProcessorTest(ProcessorTesterMixin, unittest.TestCase):
         self.enterContext(mock.patch.dict(test_processing_common.MODALITY_INPUT_DATA, images=local_images))
         to_local = lambda url: LOCAL_SAMPLE_IMAGE if url.endswith(".png") else url  # noqa: E731
         self.enterContext(mock.patch.object(test_processing_common, "url_to_local_path", to_local))
-
-    @staticmethod
-    def does_processor_return_mm_offsets(processor_class, method_name: str):
-        # FerretProcessor writes its image replacements in `_process_images` (their length depends on the original
-        # image size for Ferret-v2), not in `replace_image_token`, which is how the mixin recognises a processor that
-        # returns replacement offsets. Without this, the offset, assistant-mask and image-count checks would not run.
-        if method_name == "replace_image_token":
-            return processor_class._process_images is not ProcessorMixin._process_images
-        return ProcessorTesterMixin.does_processor_return_mm_offsets(processor_class, method_name)
 
     def test_model_input_names(self):
         """`model_input_names` lists the inputs of every Ferret configuration (see

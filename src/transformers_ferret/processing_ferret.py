@@ -438,17 +438,17 @@ class FerretProcessor(ProcessorMixin):
         points = mask_to_points(masks, self.num_region_points, generator=generator)
         return text, offsets, points.numpy()
 
-    def _process_images(self, images, **kwargs):
-        image_inputs = self.image_processor(images, **kwargs)
-        replacements = [
-            self.image_token * self._get_num_image_tokens(_original_image_size(image))
-            for image in make_flat_list_of_images(images)
-        ]
-        return image_inputs, replacements
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """What one `<image>` becomes: the image's tokens, counted for its original size (the image processor's
+        `image_sizes`; Ferret v1's count is the same for every size)."""
+        sizes = image_inputs.get("image_sizes")
+        size = tuple(int(value) for value in sizes[image_idx]) if sizes is not None else None
+        return self.image_token * self._get_num_image_tokens(size)
 
-    def _get_num_image_tokens(self, image_size: tuple[int, int]) -> int:
+    def _get_num_image_tokens(self, image_size: tuple[int, int] | None) -> int:
         """
-        Number of image tokens for one image of original size `image_size` (`(height, width)`).
+        Number of image tokens for one image of original size `image_size` (`(height, width)`; only Ferret-v2 needs
+        it).
 
         Ferret stretches every image to the image processor's `size`, so the global view gives
         `(height // patch_size) * (width // patch_size)` tokens (576 for 336 px and patch 14) whatever `image_size`.

@@ -13,6 +13,7 @@
 # limitations under the License.
 """PyTorch Ferret: a LLaVA-style vision-language model that also takes referred regions as input."""
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -484,34 +485,39 @@ class FerretModel(FerretPreTrainedModel):
             raise ValueError("You must specify exactly one of `input_ids` or `inputs_embeds`.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-
-        image_features = region_features = image_outputs = None
-        scale = self.config.multimodal_embedding_scale  # of the image and region features only; see FerretConfig
-        if pixel_values is not None:
-            image_outputs = self.get_image_features(
-                pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
-                output_attentions=kwargs.get("output_attentions"), output_hidden_states=kwargs.get("output_hidden_states"),
-                return_dict=True,
+        if pixel_values is None:  # decode steps and text-only inputs: the embeddings straight into the language model
+            if region_points is not None:
+                raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
+            outputs = self.language_model(
+                attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds,
+                **kwargs,
             )  # fmt: skip
-            image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.dtype)
-            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask, scale_multimodal_features(image_features, scale))
+            return FerretModelOutputWithPast(last_hidden_state=outputs.last_hidden_state, cache=outputs.cache,
+                                             hidden_states=outputs.hidden_states, attentions=outputs.attentions)  # fmt: skip
 
-        if region_points is not None and pixel_values is None:
-            raise ValueError("Region inputs need an image: `region_points` were given without `pixel_values`.")
-        if pixel_values is not None:  # the prefill; decode steps embed region tokens as text and skip all of this
-            region_mask = token_mask(self.config.region_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
-            if not is_torchdynamo_compiling() and (region_points is not None or region_mask.any()):
-                image_rows = image_mask.squeeze(-1).any(-1)
-                check_region_inputs(
-                    self.config, region_mask, image_rows, region_points, region_counts, pixel_values.shape[0]
-                )
-            if region_points is not None and region_points.shape[1] > 0:
-                region_features = self.get_region_features(image_outputs, region_points, image_mask.squeeze(-1))
-                scaled = scale_multimodal_features(region_features.to(inputs_embeds.dtype), scale)
-                inputs_embeds = scatter_region_features(inputs_embeds, region_mask, scaled)
-            elif self.training:
-                inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
+        # a prefill with an image (and regions): image tokens, then region tokens, replaced by their features
+        scale = self.config.multimodal_embedding_scale  # of the image and region features only; see FerretConfig
+        image_outputs = self.get_image_features(
+            pixel_values, pixel_values_tiles, image_grids, vision_feature_layer, vision_feature_select_strategy,
+            output_attentions=kwargs.get("output_attentions"), output_hidden_states=kwargs.get("output_hidden_states"),
+            return_dict=True,
+        )  # fmt: skip
+        image_features = torch.cat(image_outputs.pooler_output).to(inputs_embeds.dtype)
+        image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+        inputs_embeds = inputs_embeds.masked_scatter(image_mask, scale_multimodal_features(image_features, scale))
+
+        region_features = None
+        region_mask = token_mask(self.config.region_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
+        if not is_torchdynamo_compiling() and (region_points is not None or region_mask.any()):
+            image_rows = image_mask.squeeze(-1).any(-1)
+            num_images = pixel_values.shape[0]
+            check_region_inputs(self.config, region_mask, image_rows, region_points, region_counts, num_images)
+        if region_points is not None and region_points.shape[1] > 0:
+            region_features = self.get_region_features(image_outputs, region_points, image_mask.squeeze(-1))
+            scaled = scale_multimodal_features(region_features.to(inputs_embeds.dtype), scale)
+            inputs_embeds = scatter_region_features(inputs_embeds, region_mask, scaled)
+        elif self.training:
+            inputs_embeds = inputs_embeds + 0.0 * self._dummy_region_feature(image_outputs).to(inputs_embeds.dtype)
 
         outputs = self.language_model(
             attention_mask=attention_mask, position_ids=position_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs
@@ -537,6 +543,8 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = FerretModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        # read at every forward where declared (Gemma-2); looking up a missing attribute cost ~3 us per decode step
+        self._text_config_has_softcap = hasattr(config.text_config, "final_logit_softcapping")
         self.post_init()
 
     def get_input_embeddings(self):
@@ -609,7 +617,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, kept, :])
-        softcap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        softcap = self.config.text_config.final_logit_softcapping if self._text_config_has_softcap else None
         if softcap is not None:  # Gemma-2-style language models cap their logits in their own LM head
             logits = torch.tanh(logits / softcap) * softcap
         loss = None
@@ -663,5 +671,11 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             )
         return model_inputs
 
+
+# Ferret is registered with `register_for_auto_class`, so transformers' `prepare_inputs_for_generation` reads
+# `inspect.signature(self.forward)` at every decode step (~25 us to rebuild through the decorators). Stored on the
+# undecorated function, where `inspect` stops unwrapping; wrappers of the bound method (accelerate) still drop `self`.
+_forward = inspect.unwrap(FerretForConditionalGeneration.forward)
+_forward.__signature__ = inspect.signature(_forward)
 
 __all__ = ["FerretModel", "FerretForConditionalGeneration", "FerretPreTrainedModel"]

@@ -241,6 +241,18 @@ class FerretModel(FerretPreTrainedModel):
 
     def __init__(self, config: FerretConfig):
         super().__init__(config)
+        self.add_visual_modules(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+        # the vision towers are always asked for their hidden states; transformers installs the hooks that collect them
+        # at the first such call, which a `torch.compile(fullgraph=True)` graph cannot do (it holds a lock): do it now
+        for tower in (self.vision_tower, getattr(self, "tile_vision_tower", None)):
+            if tower is not None:
+                maybe_install_capturing_hooks(tower)
+
+    def add_visual_modules(self, config: FerretConfig) -> None:
+        """The vision tower, projector and region sampler (and Ferret-v2's tile encoder, tile projector and adapter),
+        under the names checkpoints use; also builds vLLM's visual part (`vllm_plugin`)."""
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = FerretMultiModalProjector(config)
         if config.tile_vision_config is not None:  # Ferret-v2; Ferret-UI tiles share the global encoder and projector
@@ -252,13 +264,6 @@ class FerretModel(FerretPreTrainedModel):
         projected = config.region_feature_source == "projected"
         sampler_width = config.text_config.hidden_size if projected else config.vision_config.hidden_size
         self.region_sampler = FerretRegionSampler(config, sampler_width)
-        self.language_model = AutoModel.from_config(config.text_config)
-        self.post_init()
-        # the vision towers are always asked for their hidden states; transformers installs the hooks that collect them
-        # at the first such call, which a `torch.compile(fullgraph=True)` graph cannot do (it holds a lock): do it now
-        for tower in (self.vision_tower, getattr(self, "tile_vision_tower", None)):
-            if tower is not None:
-                maybe_install_capturing_hooks(tower)
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()

@@ -23,15 +23,13 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from transformers import AutoModel
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from ..configuration_ferret import FerretConfig
-from ..modeling_ferret import FerretModel, FerretMultiModalProjector, scale_multimodal_features
-from ..modeling_ferret_sampler import FerretRegionSampler
+from ..modeling_ferret import FerretModel, scale_multimodal_features
 from .processing import REGION_MODALITY, FerretDummyInputsBuilder, FerretMultiModalProcessor, FerretProcessingInfo
 
 
@@ -45,20 +43,12 @@ class FerretVisualModel(nn.Module):
     get_image_features = FerretModel.get_image_features
     _add_tiles = FerretModel._add_tiles
 
+    add_visual_modules = FerretModel.add_visual_modules
+
     def __init__(self, config: FerretConfig):
         super().__init__()
         self.config = config
-        self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.multi_modal_projector = FerretMultiModalProjector(config)
-        if config.tile_vision_config is not None:
-            tile_width = config.tile_vision_config.hidden_size
-            self.tile_vision_tower = AutoModel.from_config(config.tile_vision_config)
-            self.tile_projector = FerretMultiModalProjector(config, tile_width, config.tile_projector_type)
-            if config.tile_feature_adapter:
-                self.tile_feature_adapter = nn.Linear(tile_width, config.vision_config.hidden_size)
-        projected = config.region_feature_source == "projected"
-        sampler_width = config.text_config.hidden_size if projected else config.vision_config.hidden_size
-        self.region_sampler = FerretRegionSampler(config, sampler_width)
+        self.add_visual_modules(config)
 
     def image_outputs(self, pixel_values, pixel_values_tiles=None, image_grids=None):
         return self.get_image_features(pixel_values, pixel_values_tiles, image_grids, return_dict=True)

@@ -44,9 +44,9 @@ AutoImageProcessor.register(FerretConfig, image_processor_classes={"pil": Ferret
 AutoProcessor.register(FerretConfig, FerretProcessor, exist_ok=True)
 
 # Saved folders carry their code and a complete auto_map, so they load with `trust_remote_code=True` where this
-# package is not installed (see FerretPreTrainedModel.save_pretrained).
+# package is not installed. The model classes register themselves only while they save (see
+# FerretPreTrainedModel.save_pretrained): a registered model class counts as remote code at every generation step.
 FerretConfig.register_for_auto_class()
-FerretForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 FerretImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 FerretProcessor.register_for_auto_class("AutoProcessor")
 

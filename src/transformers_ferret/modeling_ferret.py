@@ -224,11 +224,22 @@ class FerretPreTrainedModel(PreTrainedModel):
         return False
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every Ferret Auto class (transformers only
-        records the saved class's own), so `AutoModel`, `AutoModelForCausalLM` and `AutoModelForImageTextToText` all
-        load the folder with `trust_remote_code=True`."""
+        """`PreTrainedModel.save_pretrained`, writing the model's code beside the weights and an `auto_map` naming
+        every Ferret Auto class (transformers only records the saved class's own), so `AutoModel`,
+        `AutoModelForCausalLM` and `AutoModelForImageTextToText` all load the folder with `trust_remote_code=True`.
+
+        transformers copies the code of classes registered with `register_for_auto_class`; Ferret's model classes are
+        registered only for the time of the save (also inside `push_to_hub`), because a registered class counts as
+        remote code everywhere else too: `generate` would re-read `forward`'s signature at every decode step.
+        """
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **FERRET_AUTO_MAP}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        model_class, registered = type(self), type(self)._auto_class
+        if registered is None:
+            model_class._auto_class = "AutoModel" if model_class is FerretModel else "AutoModelForImageTextToText"
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            model_class._auto_class = registered
 
 
 class FerretModel(FerretPreTrainedModel):

@@ -688,9 +688,10 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         return model_inputs
 
 
-# Ferret is registered with `register_for_auto_class`, so transformers' `prepare_inputs_for_generation` reads
-# `inspect.signature(self.forward)` at every decode step (~25 us to rebuild through the decorators). Stored on the
-# undecorated function, where `inspect` stops unwrapping; wrappers of the bound method (accelerate) still drop `self`.
+# Loaded with `trust_remote_code` (from a saved folder's own code), Ferret is remote code, for which transformers'
+# `prepare_inputs_for_generation` reads `inspect.signature(self.forward)` at every decode step (~25 us to rebuild
+# through the decorators). Stored on the undecorated function, where `inspect` stops unwrapping; wrappers of the bound
+# method (accelerate) still drop `self`.
 _forward = inspect.unwrap(FerretForConditionalGeneration.forward)
 _forward.__signature__ = inspect.signature(_forward)
 

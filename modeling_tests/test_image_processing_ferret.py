@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import ExifTags, Image
 from safetensors.numpy import load_file
+from mixin_skips import skip_mixin_tests
 from tiny_models import tiny_processor
 
 from transformers_ferret import FerretImageProcessorPil
@@ -76,16 +77,9 @@ class FerretImageProcessingTest(ImageProcessingTestMixin, unittest.TestCase):
         pass
 
 
-def _skipped(reason: str):
-    @pytest.mark.skip(reason=reason)
-    def test(self):
-        pass
-
-    return test
-
 
 ONE_BACKEND = "FerretImageProcessorPil is Ferret's only image processor backend (it has no torchvision one)"
-for _name, _reason in {
+NOT_FOR_FERRET = {
     "test_backends_equivalence": ONE_BACKEND,
     "test_backends_equivalence_batched": ONE_BACKEND,
     "test_save_load_backends": ONE_BACKEND,
@@ -95,9 +89,8 @@ for _name, _reason in {
     "test_pil_can_run_without_torchvision": "torchvision is no dependency of Ferret: every test here runs without it "
     "(its subprocess would also need `trust_remote_code=True`, as it loads a saved Ferret folder without importing "
     "transformers_ferret)",
-}.items():
-    assert hasattr(ImageProcessingTestMixin, _name), _name  # a mixin test renamed upstream must not be skipped silently
-    setattr(FerretImageProcessingTest, _name, _skipped(_reason))
+}
+skip_mixin_tests(FerretImageProcessingTest, ImageProcessingTestMixin, NOT_FOR_FERRET)
 
 
 # --- parity with the original Ferret preprocessing ---

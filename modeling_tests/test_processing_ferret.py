@@ -12,6 +12,7 @@ import torch
 from jinja2.exceptions import TemplateError
 from PIL import Image
 from safetensors.numpy import load_file
+from mixin_skips import skip_mixin_tests
 from tiny_models import ORIGINAL_FERRET_FIXTURES
 
 import transformers_ferret  # noqa: F401  (registers the Ferret classes with the Auto classes)
@@ -475,14 +476,5 @@ for _test in ("kwargs_overrides_default_subprocessor_kwargs", "overlapping_text_
     NOT_FOR_FERRET.update({f"test_{_test}_1_videos": NO_VIDEO, f"test_{_test}_2_audio": NO_AUDIO})
 
 
-def _skipped(reason: str):
-    @pytest.mark.skip(reason=reason)
-    def test(self):
-        pass
 
-    return test
-
-
-for _name, _reason in NOT_FOR_FERRET.items():
-    assert hasattr(ProcessorTesterMixin, _name), _name  # a mixin test renamed upstream must not be skipped silently
-    setattr(FerretProcessorTest, _name, _skipped(_reason))
+skip_mixin_tests(FerretProcessorTest, ProcessorTesterMixin, NOT_FOR_FERRET)

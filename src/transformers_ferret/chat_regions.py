@@ -43,7 +43,7 @@ def conversations_of(conversation) -> tuple[list, bool]:
     return [getattr(conversation, "messages", conversation)], False
 
 
-def _region_of_item(item: dict, where: str) -> dict:
+def region_of_item(item: dict, where: str) -> dict:
     """
     The region (`{"box" | "point" | "mask": value}`, as [`normalize_region`] takes it) of one `{"type": "region"}`
     content item, checked for its form; `where` names the item in errors. Whether the region fits its image is checked
@@ -95,7 +95,7 @@ def _lower_region_items(content: list, placeholder: str, where: str) -> tuple[li
             lowered.append(item)
             continue
         if kind == "region":
-            regions.append(_region_of_item(item, f"{where}, content item {index}"))
+            regions.append(region_of_item(item, f"{where}, content item {index}"))
         text = placeholder if kind == "region" else item.get("text", "")
         if previous is not None and not (previous == kind == "text"):
             lowered[target] = {**lowered[target], "text": lowered[target].get("text", "") + text}

@@ -27,11 +27,13 @@ from .processing import REGION_MODALITY, region_of_request_item
 
 
 def _add_region(part: dict, mm_parser) -> dict:
+    from vllm.renderers.chat_utils import AsyncMultiModalItemTracker
+
     tracker = mm_parser._tracker
     region = region_of_request_item(part, len(tracker._items_by_modality.get(REGION_MODALITY, [])))
     uuid = part.get("uuid")
     item = (region, uuid)
-    if type(tracker).__name__.startswith("Async"):  # the server's tracker resolves awaitables
+    if isinstance(tracker, AsyncMultiModalItemTracker):  # the server's tracker resolves awaitables
 
         async def resolved():
             return item

@@ -38,7 +38,7 @@ from vllm.multimodal.parse import ImageSize, MultiModalDataItems, MultiModalData
 from vllm.multimodal.processing import BaseDummyInputsBuilder, BaseMultiModalProcessor, BaseProcessingInfo
 from vllm.multimodal.processing.processor import PlaceholderFeaturesInfo
 
-from ..chat_regions import _region_of_item
+from ..chat_regions import region_of_item
 from ..configuration_ferret import FerretConfig
 from ..processing_ferret import FerretProcessor
 
@@ -66,7 +66,7 @@ def region_of_request_item(item, index: int) -> dict:
             region["mask"] = np.asarray(region["mask"])
         except ValueError:
             raise ValueError(f'{where}: a region "mask" given as lists must be [height, width] rows of equal length.')
-    return _region_of_item(region, where)
+    return region_of_item(region, where)
 
 
 def _expand_token(ids: list[int], token_id: int, expanded: torch.Tensor) -> list[int]:
@@ -80,9 +80,6 @@ class FerretRegionItems(ProcessorBatchItems):
 
     def __init__(self, data) -> None:
         super().__init__(data, REGION_MODALITY)
-
-    def get_processor_data(self) -> Mapping[str, object]:
-        return {"regions": self.get_all()}
 
 
 class FerretDataParser(MultiModalDataParser):
@@ -230,10 +227,11 @@ class FerretMultiModalProcessor(BaseMultiModalProcessor[FerretProcessingInfo]):
         regions) the ids themselves."""
         tokenizer = self.info.get_tokenizer()
         if prompt_text is not None:
-            for add_special_tokens in (False, True):
-                if tokenizer.encode(prompt_text, add_special_tokens=add_special_tokens) == list(prompt_ids):
-                    bos = tokenizer.bos_token if add_special_tokens and tokenizer.bos_token else ""
-                    return bos + prompt_text
+            encoded, prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False), list(prompt_ids)
+            if prompt_ids == encoded:
+                return prompt_text
+            if tokenizer.bos_token is not None and prompt_ids == [tokenizer.bos_token_id, *encoded]:
+                return tokenizer.bos_token + prompt_text  # vLLM added the BOS; FerretProcessor reads it as text
         if REGION_MODALITY in mm_items:
             raise ValueError(
                 "A Ferret request with regions needs its prompt as text (a `prompt` string or chat messages), not "
@@ -246,8 +244,8 @@ class FerretMultiModalProcessor(BaseMultiModalProcessor[FerretProcessingInfo]):
         config = self.info.get_hf_config()
         ids = np.asarray(prompt_ids)
         placeholders = {}
-        image_positions = np.flatnonzero(ids == config.image_token_id)
         if "image" in mm_items:
+            image_positions = np.flatnonzero(ids == config.image_token_id)
             start = int(image_positions[0])
             tokens = prompt_ids[start : int(image_positions[-1]) + 1]
             placeholders["image"] = [PlaceholderFeaturesInfo("image", 0, start, tokens, None)]

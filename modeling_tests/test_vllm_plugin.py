@@ -13,6 +13,7 @@ region path (CLIP features, linear projector, the original sampler with its tran
 """
 
 import base64
+import functools
 import importlib.util
 import io
 import json
@@ -114,6 +115,7 @@ def _requests(tmp_path: Path) -> dict:
     }
 
 
+@functools.cache
 def _load(model_dir: Path):
     processor = FerretProcessor.from_pretrained(model_dir)
     return processor, FerretForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -224,8 +226,7 @@ def runs(tmp_path_factory):
 
 def _unexpanded(prompt_ids: list[int]) -> list[int]:
     """The ids vLLM tokenizes from the prompt text: the image-token run collapsed to one image token."""
-    processor = FerretProcessor.from_pretrained(SHIPPED)
-    image_id = processor.image_token_id
+    image_id = _load(SHIPPED)[0].image_token_id
     return [token for index, token in enumerate(prompt_ids) if token != image_id or prompt_ids[index - 1] != image_id]
 
 
@@ -238,7 +239,7 @@ def test_single_requests_match_transformers_on_ferret_v2(runs, name):
 def test_a_batch_with_different_regions_and_grids_matches_each_request_alone(runs):
     outputs = runs["shipped"]["batch"]["outputs"]
     assert [_transformers_outputs(SHIPPED, request) for request in runs["requests"]["batch"]] == outputs
-    processor = FerretProcessor.from_pretrained(SHIPPED)
+    processor, _ = _load(SHIPPED)
     sizes = [Image.open(request["image"]).size for request in runs["requests"]["batch"]]
     grids = {processor.image_processor.select_grid((height, width)) for width, height in sizes}
     assert len(grids) == 3  # the batch mixes three tile grids
@@ -342,7 +343,7 @@ def test_vllm_serve_answers_region_chats_as_transformers_and_rejects_only_the_ba
     bad = [{**chats[0][0], "content": [*chats[0][0]["content"][:2], {"type": "region", "box": [10, 20, 60]}]}]
     with ThreadPoolExecutor(len(chats) + 1) as pool:  # concurrent requests, one of them bad
         responses = list(pool.map(lambda chat: _chat_completion(server, chat), [*chats, bad]))
-    processor = FerretProcessor.from_pretrained(SHIPPED)
+    processor, _ = _load(SHIPPED)
     for chat, (status, body) in zip(chats, responses):
         assert status == 200, body
         expected = _transformers_chat(SHIPPED, chat)

@@ -31,7 +31,7 @@ def test_saved_folder_loads_with_remote_code_without_the_package(tmp_path, parit
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText"}
     for module in ("configuration_ferret", "modeling_ferret", "modeling_ferret_sampler", "modeling_ferret_anyres",
-                   "processing_ferret", "region_utils", "image_processing_ferret"):  # fmt: skip
+                   "modeling_ferret_checks", "processing_ferret", "region_utils", "image_processing_ferret"):  # fmt: skip
         assert (tmp_path / f"{module}.py").is_file(), module
 
     sample = batch_inputs([make_sample(1, seed=30)])

@@ -1,0 +1,1 @@
+../../../src/transformers_ferret/modeling_ferret_checks.py

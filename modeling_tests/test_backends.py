@@ -3,6 +3,7 @@
 These check correctness, not speed (the speed figures are in `benchmarks/run.py`).
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -194,6 +195,22 @@ def test_fullgraph_compiled_forward_with_image_and_regions_equals_eager(training
     torch.testing.assert_close(traced.region_hidden_states, eager.region_hidden_states, rtol=1e-4, atol=1e-4)
     if training:
         torch.testing.assert_close(traced.loss, eager.loss, rtol=1e-4, atol=1e-4)
+
+
+def test_fullgraph_compiled_decode_step_equals_eager():
+    """A decode step (the cache of an image + region prefill, one new token) traces as one graph and gives eager's
+    logits: nothing on the step's path branches on data."""
+    torch._dynamo.reset()
+    model = tiny_ferret_model(seed=2)
+    inputs = batch_inputs([make_sample(2, seed=3)])
+    step = {"input_ids": torch.tensor([[5]]),
+            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones(1, 1, dtype=torch.long)], 1)}  # fmt: skip
+    with torch.no_grad():
+        prefill = model(**inputs, use_cache=True)
+        cache_copy = copy.deepcopy(prefill.cache)
+        eager = model(**step, cache=prefill.cache)
+        traced = torch.compile(model, fullgraph=True, backend="aot_eager")(**step, cache=cache_copy)
+    torch.testing.assert_close(traced.logits, eager.logits, rtol=1e-5, atol=1e-5)
 
 
 def test_benchmark_quick_run_reports_every_section(tmp_path):

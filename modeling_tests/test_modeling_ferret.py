@@ -159,6 +159,60 @@ def test_regions_and_image_are_encoded_at_prefill_only(model):
     assert calls == {"sampler": 1, "vision": 1}
 
 
+def _hook_base_model(kind: str, base_model: torch.nn.Module, seen: list):
+    """Attach a hook of `kind` that records every call of `base_model`; returns its remover."""
+    if kind == "torch forward hook":
+        return base_model.register_forward_hook(lambda module, args, output: seen.append(module)).remove
+    if kind == "global forward hook":
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda module, args: seen.append(module) if module is base_model else None
+        )
+        return handle.remove
+    from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
+
+    class Recorder(ModelHook):
+        def pre_forward(self, module, *args, **kwargs):
+            seen.append(module)
+            return args, kwargs
+
+    add_hook_to_module(base_model, Recorder())
+    return lambda: remove_hook_from_module(base_model)
+
+
+@pytest.mark.parametrize("kind", ["torch forward hook", "global forward hook", "accelerate hook"])
+def test_decode_steps_skip_the_base_model_only_when_nothing_hooks_it(model, monkeypatch, kind):
+    """A decode step runs the language model without going through `FerretModel.forward` (which would only hand it
+    the embeddings), with bit-identical scores and tokens; a hook on the base model (torch's, a global one,
+    accelerate's) keeps every step on the long way, so the hook sees each of them."""
+    inputs = batch_inputs([make_sample(2, seed=8)])
+    base_calls, original_forward = [], FerretModel.forward
+
+    def counted_forward(self, *args, **kwargs):
+        base_calls.append(kwargs.get("pixel_values") is not None)
+        return original_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(FerretModel, "forward", counted_forward)
+
+    def generate():
+        with torch.no_grad():
+            return model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, output_scores=True,
+                                  return_dict_in_generate=True)  # fmt: skip
+
+    short = generate()
+    assert base_calls == [True]  # the image + region prefill only
+    base_calls.clear()
+    seen = []
+    remove = _hook_base_model(kind, model.model, seen)
+    try:
+        hooked = generate()
+    finally:
+        remove()
+    assert base_calls == [True, False, False, False, False] and seen == [model.model] * 5
+    assert short.sequences.tolist() == hooked.sequences.tolist()
+    for short_scores, hooked_scores in zip(short.scores, hooked.scores, strict=True):
+        torch.testing.assert_close(short_scores, hooked_scores, rtol=0, atol=0)
+
+
 def test_beam_search_and_num_return_sequences_with_regions(model):
     inputs = batch_inputs([make_sample(2, seed=11), make_sample(1, seed=12)])
     with torch.no_grad():

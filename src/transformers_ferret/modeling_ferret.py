@@ -17,6 +17,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
+import torch.nn.modules.module as torch_module_hooks
 from torch import nn
 from transformers import AutoModel
 from transformers.activations import ACT2FN
@@ -94,6 +95,18 @@ class FerretCausalLMOutputWithPast(ModelOutput):
     image_hidden_states: torch.Tensor | None = None
     region_hidden_states: torch.Tensor | None = None
     image_outputs: FerretImageFeaturesOutput | None = None
+
+
+def calls_only_forward(module: nn.Module) -> bool:
+    """Whether `module(...)` would run `module.forward` and nothing else: torch's own condition for skipping its hook
+    machinery (no forward or backward hooks of the module's own, such as FSDP2's, and no global ones), no compiled call
+    (`module.compile()`) and no `forward` replaced on the instance (accelerate's device hooks)."""
+    return not (
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+        or torch_module_hooks._global_forward_hooks or torch_module_hooks._global_forward_pre_hooks
+        or torch_module_hooks._global_backward_hooks or torch_module_hooks._global_backward_pre_hooks
+        or module._compiled_call_impl is not None or "forward" in module.__dict__
+    )  # fmt: skip
 
 
 def token_mask(
@@ -553,22 +566,30 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         Inputs as [`FerretModel.forward`], plus `labels` (`(batch_size, sequence_length)`, -100 = ignored) for the
         next-token loss and `logits_to_keep` (compute logits for the last `n` positions only, 0 = all).
         """
-        outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            region_points=region_points,
-            region_counts=region_counts,
-            pixel_values_tiles=pixel_values_tiles,
-            image_grids=image_grids,
-            image_sizes=image_sizes,
-            vision_feature_layer=vision_feature_layer,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            **kwargs,
-        )
+        if pixel_values is None and region_points is None and calls_only_forward(self.model):
+            # a decode step or a text-only input, where `self.model` would only run its language model: run that
+            # directly: one module call and one output object fewer per generated token (~50 us a step on CPU)
+            outputs = self.model.language_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                inputs_embeds=inputs_embeds, **kwargs,
+            )  # fmt: skip
+        else:
+            outputs = self.model(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                inputs_embeds=inputs_embeds,
+                region_points=region_points,
+                region_counts=region_counts,
+                pixel_values_tiles=pixel_values_tiles,
+                image_grids=image_grids,
+                image_sizes=image_sizes,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                **kwargs,
+            )
         hidden_states = outputs.last_hidden_state
         kept = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, kept, :])
@@ -587,9 +608,9 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
-            region_hidden_states=outputs.region_hidden_states,
-            image_outputs=outputs.image_outputs,
+            image_hidden_states=getattr(outputs, "image_hidden_states", None),  # absent from the language model's output
+            region_hidden_states=getattr(outputs, "region_hidden_states", None),
+            image_outputs=getattr(outputs, "image_outputs", None),
         )
 
     def ignore_placeholder_labels(self, labels: torch.LongTensor) -> torch.LongTensor:

@@ -608,7 +608,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=getattr(outputs, "image_hidden_states", None),  # absent from the language model's output
+            image_hidden_states=getattr(outputs, "image_hidden_states", None),  # not in the LM's own output
             region_hidden_states=getattr(outputs, "region_hidden_states", None),
             image_outputs=getattr(outputs, "image_outputs", None),
         )

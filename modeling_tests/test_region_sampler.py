@@ -152,6 +152,40 @@ def test_compiled_farthest_point_sampling_keeps_the_eager_picks():
         assert picks == expected
 
 
+def test_farthest_point_sampling_on_a_mask_lattice_keeps_the_first_of_tied_points():
+    """Points of a mask lie on a pixel lattice, where many distances tie: each pick must be the first farthest index,
+    as numpy's argmax (documented to return the first maximum) picks."""
+    generator = torch.Generator().manual_seed(1)
+    points = torch.randint(0, 12, (3, 256, 2), generator=generator).float() / 12  # many repeated points and distances
+    picks = farthest_point_sample(points, 64)
+    for cloud, kept in zip(points.numpy(), picks.tolist()):
+        distance, expected = np.full(len(cloud), 1e10, dtype=np.float32), [0]
+        for _ in range(63):
+            distance = np.minimum(distance, ((cloud - cloud[expected[-1]]) ** 2).sum(-1))
+            expected.append(int(np.argmax(distance)))
+        assert kept == expected
+
+
+def test_max_pooling_and_its_gradient_equal_the_originals_adaptive_max_pool_on_tied_neighbours():
+    """Max pooling over the neighbours is the original's `AdaptiveMaxPool1d(1)` on `[R * S, C, K]`: equal values, and
+    on a tie (a neighbour listed twice, as on small masks) the gradient goes to one of the tied entries, not split."""
+    layer = _sampler("max").layers[0]
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(2, 3, 5, 24, generator=generator)
+    hidden[:, :, 3] = hidden[:, :, 1]  # neighbour 3 repeats neighbour 1
+    hidden[:, :, 1] += 10  # ... and both are the maximum of every channel
+    hidden[:, :, 3] += 10
+    ours, original = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    pooled = layer.pool(ours)
+    reference = torch.nn.AdaptiveMaxPool1d(1)(original.permute(0, 1, 3, 2).reshape(-1, 24, 5)).view(2, 3, 24)
+    upstream = torch.randn(2, 3, 24, generator=generator)
+    (pooled * upstream).sum().backward()
+    (reference * upstream).sum().backward()
+    torch.testing.assert_close(pooled, reference, rtol=0, atol=0)
+    torch.testing.assert_close(ours.grad, original.grad, rtol=0, atol=0)
+    assert torch.count_nonzero(ours.grad, dim=2).max() == 1  # one neighbour per channel, the whole gradient
+
+
 # --- half precision: distances in float32, finite reads at the borders ---
 
 

@@ -16,7 +16,8 @@ Sections:
 2. prefill    Ferret v1 vs LLaVA-1.5 and Ferret-v2 vs LLaVA-NeXT: same CLIP, same Llama, same number of tokens.
 3. sampler    the vectorised `FerretRegionSampler` vs a per-image, per-region loop of the same math
               (`benchmarks/baselines.py`): time, peak memory, equal outputs.
-4. training   TRL `SFTTrainer` steps/s of a tiny Ferret vs the same-shaped `LlavaForConditionalGeneration`.
+4. training   TRL `SFTTrainer` steps/s of a tiny Ferret vs the same-shaped `LlavaForConditionalGeneration`, the trainers
+              in lockstep (one optimizer step each in turn), the ratio the median of the paired steps' ratios.
 5. processor  images and regions per second through `FerretProcessor` (large images, many mask regions).
 6. backends   SDPA default, flash-attention 2, `torch.compile` + static cache, bf16/fp16 loading, `device_map="auto"`.
 7. growth     prefill time and peak memory against the number of tiles (1..6) and of regions (1..64).
@@ -31,6 +32,7 @@ tensors.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.util
 import json
@@ -334,52 +336,60 @@ class LockstepClock:
         return [end - start for start, end in zip(self.starts, self.ends[1:])]
 
 
-def lockstep_step_times(candidates: dict, new_tokens: int, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Per-step decode times of each candidate (`name: (model, inputs)`), whose `generate` calls run in threads that
-    alternate step by step (`LockstepClock`), for `rounds` rounds after `warmup` (dropped); entry `i` of each list is
-    the same step of the same round, so the lists pair up."""
-    times = {name: [] for name in candidates}
+def run_in_lockstep(jobs: dict, turnstile: Turnstile) -> None:
+    """Runs each job (`name: callable`) in its own thread, pinned with the others to one core (a handoff never resumes
+    a job on a core with cold caches); the jobs take turns through `turnstile` (their callbacks pass the turn), each
+    starting on its first turn and leaving the rotation when done. A job's exception is raised here."""
+    errors = []
+
+    def run(name):
+        turnstile.wait_for_turn(name)
+        try:
+            jobs[name]()
+        except BaseException as error:  # reported by the caller's thread
+            errors.append(error)
+        finally:
+            turnstile.pass_turn(name, leave=True)
+
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    if cpus:  # one core for all the threads: a handoff never resumes a model on a core with cold caches
+    if cpus:
         os.sched_setaffinity(0, {max(cpus)})
     try:
-        _lockstep_rounds(candidates, new_tokens, rounds, warmup, times)
-    finally:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-    return times
-
-
-def _lockstep_rounds(candidates: dict, new_tokens: int, rounds: int, warmup: int, times: dict) -> None:
-    from transformers import LogitsProcessorList
-
-    for round_index in range(warmup + rounds):
-        names = list(candidates) if round_index % 2 == 0 else list(candidates)[::-1]  # who goes first alternates
-        turnstile = Turnstile(names)
-        clocks, errors = {name: LockstepClock(name, turnstile) for name in names}, []
-
-        def run(name):
-            model, inputs = candidates[name]
-            turnstile.wait_for_turn(name)
-            try:
-                with torch.inference_mode():
-                    model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                   pad_token_id=0, logits_processor=LogitsProcessorList([clocks[name]]))  # fmt: skip
-            except BaseException as error:  # reported by the caller's thread
-                errors.append(error)
-            finally:
-                turnstile.pass_turn(name, leave=True)
-
-        threads = [threading.Thread(target=run, args=(name,)) for name in names]
+        threads = [threading.Thread(target=run, args=(name,)) for name in jobs]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        if errors:
-            raise errors[0]
+    finally:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+    if errors:
+        raise errors[0]
+
+
+def lockstep_step_times(candidates: dict, new_tokens: int, rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Per-step decode times of each candidate (`name: (model, inputs)`), whose `generate` calls run in threads that
+    alternate step by step (`LockstepClock`), for `rounds` rounds after `warmup` (dropped); entry `i` of each list is
+    the same step of the same round, so the lists pair up."""
+    from transformers import LogitsProcessorList
+
+    times = {name: [] for name in candidates}
+    for round_index in range(warmup + rounds):
+        names = list(candidates) if round_index % 2 == 0 else list(candidates)[::-1]  # who goes first alternates
+        turnstile = Turnstile(names)
+        clocks = {name: LockstepClock(name, turnstile) for name in names}
+
+        def generate(name):
+            model, inputs = candidates[name]
+            with torch.inference_mode():
+                model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               pad_token_id=0, logits_processor=LogitsProcessorList([clocks[name]]))  # fmt: skip
+
+        run_in_lockstep({name: functools.partial(generate, name) for name in names}, turnstile)
         if round_index >= warmup:
             for name in names:
                 times[name].extend(clocks[name].step_times())
+    return times
 
 
 def paired_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
@@ -728,15 +738,20 @@ def bench_training(plan: Plan, table: Table) -> dict:
 
         return collate
 
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.seconds = []
+    class LockstepStepTimer(TrainerCallback):
+        """Times each optimizer step of one trainer, then hands the turn to the next trainer (see `LockstepClock`):
+        the trainers run in threads on one core, one step each in turn, so step `i` of each pair up."""
+
+        def __init__(self, name: str, turnstile: Turnstile):
+            self.name, self.turnstile, self.seconds = name, turnstile, []
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.start)
+            self.turnstile.pass_turn(self.name)
+            self.turnstile.wait_for_turn(self.name)
 
     dataset = datasets.Dataset.from_dict({"index": list(range(plan.train_batch * plan.train_steps))})
     step_seconds = {name: [] for name in contestants}
@@ -745,19 +760,22 @@ def bench_training(plan: Plan, table: Table) -> dict:
     with tempfile.TemporaryDirectory() as output_dir:
         for round_index in range(plan.train_rounds):
             names = list(contestants) if round_index % 2 == 0 else list(contestants)[::-1]
+            turnstile, trainers = Turnstile(names), {}
             for name in names:
                 model, points = contestants[name]
-                timer = StepTimer()
                 args = SFTConfig(
                     output_dir=output_dir, max_steps=plan.train_steps, per_device_train_batch_size=plan.train_batch,
                     learning_rate=1e-4, lr_scheduler_type="constant", logging_steps=10**6, save_strategy="no",
                     report_to="none", use_cpu=True, max_length=None, remove_unused_columns=False,
                     dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True, seed=0,
                 )  # fmt: skip
-                trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                     data_collator=collator_for(points), callbacks=[timer])  # fmt: skip
-                trainer.remove_callback(PrinterCallback)  # no log lines in the middle of the table
-                trainer.train()
+                trainers[name] = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                            data_collator=collator_for(points),
+                                            callbacks=[LockstepStepTimer(name, turnstile)])  # fmt: skip
+                trainers[name].remove_callback(PrinterCallback)  # no log lines in the middle of the table
+            run_in_lockstep({name: trainer.train for name, trainer in trainers.items()}, turnstile)
+            for name, trainer in trainers.items():
+                timer = next(c for c in trainer.callback_handler.callbacks if isinstance(c, LockstepStepTimer))
                 step_seconds[name].extend(timer.seconds[1:])  # each run's first step builds the optimizer state
     hf_logging.set_verbosity(verbosity)
     steps_per_s = {name: 1 / median(seconds) for name, seconds in step_seconds.items()}
@@ -772,13 +790,13 @@ def bench_training(plan: Plan, table: Table) -> dict:
         "ratio": {}, "flop_bound_ratio": {}, "target": "ratio >= 0.9", "met": {},
     }  # fmt: skip
     for name, (points, sub_points, neighbors) in plan.train_samplers.items():
-        ratio = steps_per_s[name] / steps_per_s["llava"]
+        ratio = paired_ratio(step_seconds, "llava", name)  # steps/s ratio = LLaVA's step time / Ferret's
         flop_ratio = flops["llava"] / flops[name]
         result["ratio"][name], result["flop_bound_ratio"][name] = ratio, flop_ratio
         result["met"][name] = ratio >= 0.9
         table.add("training", f"SFTTrainer steps/s, sampler {points} points {list(sub_points)}/{list(neighbors)}; "
-                  f"batch {plan.train_batch} x {sequence} tokens, {plan.train_regions} regions/sample, median of "
-                  f"{len(step_seconds[name])} steps; FLOPs/step {flops[name] / 1e9:.1f} G vs "
+                  f"batch {plan.train_batch} x {sequence} tokens, {plan.train_regions} regions/sample, lockstep, "
+                  f"median of {len(step_seconds[name])} paired step ratios; FLOPs/step {flops[name] / 1e9:.1f} G vs "
                   f"{flops['llava'] / 1e9:.1f} G (FLOP-bound ratio {flop_ratio:.3f}x) vs LlavaForConditionalGeneration",
                   f"{steps_per_s[name]:.3f}", f"{steps_per_s['llava']:.3f}", fmt_ratio(ratio), ">= 0.90x",
                   verdict(ratio >= 0.9))  # fmt: skip

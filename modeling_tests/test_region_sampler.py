@@ -134,6 +134,16 @@ def test_rows_read_the_image_their_image_index_names():
     assert not torch.allclose(other_image, reference[[0]], atol=1e-3)
 
 
+def _numpy_farthest_point_picks(cloud: np.ndarray, count: int) -> list[int]:
+    """Farthest point sampling from index 0 written with numpy, whose argmax is documented to return the first
+    maximum."""
+    distance, picks = np.full(len(cloud), 1e10, dtype=np.float32), [0]
+    for _ in range(count - 1):
+        distance = np.minimum(distance, ((cloud - cloud[picks[-1]]) ** 2).sum(-1))
+        picks.append(int(np.argmax(distance)))
+    return picks
+
+
 def test_compiled_farthest_point_sampling_keeps_the_eager_picks():
     """The first farthest index must win in a compiled graph too: with `max(...).indices`, inductor's graph picked other
     points than eager from the 4th pick on (125 of 128 picks differed on two sets of 512 random points, and the
@@ -145,11 +155,7 @@ def test_compiled_farthest_point_sampling_keeps_the_eager_picks():
     compiled = torch.compile(farthest_point_sample, fullgraph=True, backend="inductor")(points, 128)
     assert torch.equal(compiled, eager)
     for cloud, picks in zip(points.numpy(), eager.tolist()):
-        distance, expected = np.full(len(cloud), 1e10, dtype=np.float32), [0]
-        for _ in range(127):
-            distance = np.minimum(distance, ((cloud - cloud[expected[-1]]) ** 2).sum(-1))
-            expected.append(int(np.argmax(distance)))
-        assert picks == expected
+        assert picks == _numpy_farthest_point_picks(cloud, 128)
 
 
 def test_farthest_point_sampling_on_a_mask_lattice_keeps_the_first_of_tied_points():
@@ -159,11 +165,7 @@ def test_farthest_point_sampling_on_a_mask_lattice_keeps_the_first_of_tied_point
     points = torch.randint(0, 12, (3, 256, 2), generator=generator).float() / 12  # many repeated points and distances
     picks = farthest_point_sample(points, 64)
     for cloud, kept in zip(points.numpy(), picks.tolist()):
-        distance, expected = np.full(len(cloud), 1e10, dtype=np.float32), [0]
-        for _ in range(63):
-            distance = np.minimum(distance, ((cloud - cloud[expected[-1]]) ** 2).sum(-1))
-            expected.append(int(np.argmax(distance)))
-        assert kept == expected
+        assert kept == _numpy_farthest_point_picks(cloud, 64)
 
 
 def test_max_pooling_and_its_gradient_equal_the_originals_adaptive_max_pool_on_tied_neighbours():

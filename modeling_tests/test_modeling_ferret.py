@@ -168,6 +168,16 @@ def _hook_base_model(kind: str, base_model: torch.nn.Module, seen: list):
             lambda module, args: seen.append(module) if module is base_model else None
         )
         return handle.remove
+    if kind == "subclass overriding forward":  # as a wrapper class (FSDP1, a compiled module) would be
+        original_class = type(base_model)
+
+        class Recording(original_class):
+            def forward(self, *args, **kwargs):
+                seen.append(self)
+                return super().forward(*args, **kwargs)
+
+        base_model.__class__ = Recording
+        return lambda: setattr(base_model, "__class__", original_class)
     from accelerate.hooks import ModelHook, add_hook_to_module, remove_hook_from_module
 
     class Recorder(ModelHook):
@@ -179,11 +189,14 @@ def _hook_base_model(kind: str, base_model: torch.nn.Module, seen: list):
     return lambda: remove_hook_from_module(base_model)
 
 
-@pytest.mark.parametrize("kind", ["torch forward hook", "global forward hook", "accelerate hook"])
-def test_decode_steps_skip_the_base_model_only_when_nothing_hooks_it(model, monkeypatch, kind):
+@pytest.mark.parametrize(
+    "kind", ["torch forward hook", "global forward hook", "accelerate hook", "subclass overriding forward"]
+)
+def test_decode_steps_skip_the_base_model_only_when_nothing_hooks_it(monkeypatch, kind):
     """A decode step runs the language model without going through `FerretModel.forward` (which would only hand it
     the embeddings), with bit-identical scores and tokens; a hook on the base model (torch's, a global one,
-    accelerate's) keeps every step on the long way, so the hook sees each of them."""
+    accelerate's) or a class whose `forward` is not Ferret's keeps every step on the long way, so it sees each step."""
+    model = tiny_ferret_model()  # its own: removing accelerate's hook leaves `forward` set on the instance
     inputs = batch_inputs([make_sample(2, seed=8)])
     base_calls, original_forward = [], FerretModel.forward
 

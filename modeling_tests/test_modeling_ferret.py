@@ -22,6 +22,7 @@ from tiny_models import (
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from transformers_ferret import FerretConfig, FerretForConditionalGeneration, FerretModel
+from transformers_ferret.modeling_ferret import IMAGE_TOKEN_LOGIT, mask_image_token_logits
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_base_model_forward_does_all_multimodal_work(model):
     with torch.no_grad():
         hidden = model.model(**inputs).last_hidden_state
         moved = model.model(**dict(inputs, region_points=inputs["region_points"] * 0.5)).last_hidden_state
-    torch.testing.assert_close(model.lm_head(hidden), _logits(model, inputs))
+    torch.testing.assert_close(mask_image_token_logits(model.lm_head(hidden), IMAGE_TOKEN_ID), _logits(model, inputs))
     region_position = int((inputs["input_ids"][0] == REGION_TOKEN_ID).nonzero()[0])
     assert torch.allclose(hidden[0, :region_position], moved[0, :region_position])
     assert not torch.allclose(hidden[0, region_position:], moved[0, region_position:])
@@ -297,7 +298,8 @@ def test_save_load_and_auto_class_round_trip(tmp_path, projector_type):
     base = AutoModel.from_pretrained(tmp_path).eval()
     assert isinstance(base, FerretModel)
     with torch.no_grad():
-        torch.testing.assert_close(model.lm_head(base(**inputs).last_hidden_state), expected, rtol=0, atol=0)
+        base_logits = mask_image_token_logits(model.lm_head(base(**inputs).last_hidden_state), IMAGE_TOKEN_ID)
+        torch.testing.assert_close(base_logits, expected, rtol=0, atol=0)
 
 
 def test_mean_pooling_and_orientation_flag_change_region_features():
@@ -402,7 +404,11 @@ def test_text_path_equals_the_bare_language_model_including_gemma2_logit_softcap
     model.model.language_model.load_state_dict(language_model.model.state_dict())
     ids = torch.randint(3, 60, (2, 12))
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, language_model(input_ids=ids).logits)
+        logits, expected = model(input_ids=ids).logits, language_model(input_ids=ids).logits
+    image_token_id = model.config.image_token_id  # a class of the vocabulary, but a placeholder: never predicted
+    assert (logits[..., image_token_id] == IMAGE_TOKEN_LOGIT).all()
+    assert logits.softmax(-1)[..., image_token_id].max() == 0
+    torch.testing.assert_close(logits, mask_image_token_logits(expected, image_token_id))
 
 
 # ---- more bad input to forward (2 samples, 2 and 1 regions); half precision with an fp32 model ---------------

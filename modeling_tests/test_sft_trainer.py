@@ -2,6 +2,7 @@
 
 import json
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -124,6 +125,29 @@ def test_overfits_two_samples(tmp_path, processor):
     losses = _losses(trainer)
     print(f"overfitting 2 samples: loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps")
     assert losses[-1] < 0.3 * losses[0]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_trls_own_collator_and_fused_loss_never_count_image_placeholders(tmp_path, processor, lora):
+    """TRL's default VLM collator copies `input_ids` into `labels`, `<image>` positions included, and its `SFTTrainer`
+    computes the loss itself from the hidden states (a fused LM head that replaces the model's forward). The model's
+    labels hook still sets those positions to -100 first: the loss equals that of labels without them (with LoRA too,
+    whose wrapper calls the model as a module)."""
+    rng = np.random.default_rng(0)
+    chats = [{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+              "images": [Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))]}
+             for question, answer in (("What is this?", "a red square"), ("Colour?", "green"))]  # fmt: skip
+    lora_config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    trainer = trl.SFTTrainer(model=_model(), args=_config(tmp_path, 1), train_dataset=datasets.Dataset.from_list(chats),
+                             processing_class=processor, peft_config=lora_config if lora else None)  # fmt: skip
+    batch = trainer.data_collator(chats)
+    image_token_id = trainer.model.config.image_token_id
+    assert (batch["labels"] == image_token_id).sum() > 0  # TRL's collator does supervise them
+    without = dict(batch, labels=batch["labels"].masked_fill(batch["labels"] == image_token_id, -100))
+    with torch.no_grad():
+        loss, expected = trainer.compute_loss(trainer.model, dict(batch)), trainer.compute_loss(trainer.model, without)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=0)
 
 
 def test_lora_only_on_the_language_model_save_load_and_merge(tmp_path, processor):

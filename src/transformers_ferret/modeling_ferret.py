@@ -109,6 +109,21 @@ def calls_only_forward(module: nn.Module) -> bool:
     )  # fmt: skip
 
 
+IMAGE_TOKEN_LOGIT = -(2.0**15)
+"""The logit of the `<image>` class: a power of two that float32, float16 and bfloat16 all hold exactly (so the logits
+of a model loaded in any of them agree there), far below any real logit: its probability is exactly 0 (`exp`
+underflows below about -104 in float32), and unlike -inf it keeps `p * log p` at 0 (entropy metrics such as TRL's)."""
+
+
+def mask_image_token_logits(logits: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """`logits` `[..., vocab_size]` with the `<image>` class set to `IMAGE_TOKEN_LOGIT`, in place. `<image>` is an input
+    placeholder, not a word (the original vocabulary has no such class: its image token is -200), so it takes no
+    probability in the loss or in generation, and its `lm_head` row gets no gradient in fine-tuning."""
+    if 0 <= image_token_id < logits.shape[-1]:
+        logits.select(-1, image_token_id).fill_(IMAGE_TOKEN_LOGIT)
+    return logits
+
+
 def token_mask(
     token_id: int, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, embeddings: nn.Module
 ) -> torch.Tensor:
@@ -501,6 +516,18 @@ class FerretModel(FerretPreTrainedModel):
         )
 
 
+def ignore_placeholder_labels_hook(module: "FerretForConditionalGeneration", args: tuple, kwargs: dict):
+    """Forward pre-hook: `labels` / `shift_labels` given by keyword with every `<image>` and region-token position set
+    to -100 (`ignore_placeholder_labels`), so that a `forward` that computes the loss itself (TRL's fused LM head
+    replaces the model's) ignores them too."""
+    if kwargs.get("labels") is None and kwargs.get("shift_labels") is None:
+        return None
+    for name in ("labels", "shift_labels"):
+        if kwargs.get(name) is not None:
+            kwargs = {**kwargs, name: module.ignore_placeholder_labels(kwargs[name])}
+    return args, kwargs
+
+
 class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
     """Ferret with a language-model head: refers to regions given as input and grounds answers as box text."""
 
@@ -513,6 +540,8 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         # read at every forward where declared (Gemma-2); looking up a missing attribute cost ~3 us per decode step
         self._text_config_has_softcap = hasattr(config.text_config, "final_logit_softcapping")
+        # before any `forward` runs, also one that replaces ours: TRL's fused LM head computes the loss from `labels`
+        self.register_forward_pre_hook(ignore_placeholder_labels_hook, with_kwargs=True)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -597,6 +626,7 @@ class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):
         softcap = self.config.text_config.final_logit_softcapping if self._text_config_has_softcap else None
         if softcap is not None:  # Gemma-2-style language models cap their logits in their own LM head
             logits = torch.tanh(logits / softcap) * softcap
+        logits = mask_image_token_logits(logits, self.config.image_token_id)
         loss = None
         if labels is not None:
             labels = self.ignore_placeholder_labels(labels)

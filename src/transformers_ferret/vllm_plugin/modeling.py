@@ -31,7 +31,7 @@ from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, i
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from ..configuration_ferret import FerretConfig
-from ..modeling_ferret import FerretModel, scale_multimodal_features
+from ..modeling_ferret import FerretModel, mask_image_token_logits, scale_multimodal_features
 from .processing import REGION_MODALITY, FerretDummyInputsBuilder, FerretMultiModalProcessor, FerretProcessingInfo
 
 
@@ -153,7 +153,8 @@ class FerretForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP):
         return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
+        logits = self.language_model.compute_logits(hidden_states)  # None on the ranks before the last pipeline stage
+        return logits if logits is None else mask_image_token_logits(logits, self.config.image_token_id)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """vLLM's loader for the language model; the visual part's names first renamed as transformers does."""

@@ -37,10 +37,13 @@ def test_every_fixture_file_has_the_checksum_listed_for_it(folder):
     assert wrong == []
 
 
-def test_fixtures_hold_the_six_original_cases_and_their_checkpoint():
+def test_fixtures_hold_the_six_original_cases_their_gradients_and_their_checkpoint():
     listed = _listed_checksums(ORIGINAL_FERRET_FIXTURES)
-    cases = sorted(name for name in listed if name.startswith("cases/") and name.endswith(".safetensors"))
+    tensors = [name for name in listed if name.startswith("cases/") and name.endswith(".safetensors")]
+    cases = sorted(name for name in tensors if not name.endswith("_grads.safetensors"))
     assert [name.split("/")[1].split("_")[0] for name in cases] == ["01", "02", "03", "04", "05", "06"]
+    gradients = sorted(name for name in tensors if name.endswith("_grads.safetensors"))
+    assert gradients == ["cases/03_image_box_grads.safetensors", "cases/06_image_point_at_border_grads.safetensors"]
     checkpoint = {"ferret_tiny/pytorch_model.bin", "ferret_tiny/tokenizer.model", "clip_tiny/pytorch_model.bin"}
     assert checkpoint <= set(listed)
 

@@ -519,13 +519,10 @@ class FerretModel(FerretPreTrainedModel):
 def ignore_placeholder_labels_hook(module: "FerretForConditionalGeneration", args: tuple, kwargs: dict):
     """Forward pre-hook: `labels` / `shift_labels` given by keyword with every `<image>` and region-token position set
     to -100 (`ignore_placeholder_labels`), so that a `forward` that computes the loss itself (TRL's fused LM head
-    replaces the model's) ignores them too."""
-    if kwargs.get("labels") is None and kwargs.get("shift_labels") is None:
-        return None
-    for name in ("labels", "shift_labels"):
-        if kwargs.get(name) is not None:
-            kwargs = {**kwargs, name: module.ignore_placeholder_labels(kwargs[name])}
-    return args, kwargs
+    replaces the model's) ignores them too. Our own `forward` applies the same rule, for calls that bypass the hook."""
+    cleaned = {name: module.ignore_placeholder_labels(kwargs[name])
+               for name in ("labels", "shift_labels") if kwargs.get(name) is not None}  # fmt: skip
+    return (args, {**kwargs, **cleaned}) if cleaned else None
 
 
 class FerretForConditionalGeneration(FerretPreTrainedModel, GenerationMixin):

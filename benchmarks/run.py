@@ -314,6 +314,11 @@ class Turnstile:
                 self.turn = (position + 1) % len(self.rotation)
             self.condition.notify_all()
 
+    def hand_over(self, name: str) -> None:
+        """Passes the turn on and waits for it to come back."""
+        self.pass_turn(name)
+        self.wait_for_turn(name)
+
 
 class LockstepClock:
     """A logits processor that times each generation step of its model and then hands the turn to the next model, so
@@ -327,8 +332,7 @@ class LockstepClock:
 
     def __call__(self, input_ids, scores):
         self.ends.append(time.perf_counter())
-        self.turnstile.pass_turn(self.name)
-        self.turnstile.wait_for_turn(self.name)
+        self.turnstile.hand_over(self.name)
         self.starts.append(time.perf_counter())
         return scores
 
@@ -750,8 +754,7 @@ def bench_training(plan: Plan, table: Table) -> dict:
 
         def on_step_end(self, args, state, control, **kwargs):
             self.seconds.append(time.perf_counter() - self.start)
-            self.turnstile.pass_turn(self.name)
-            self.turnstile.wait_for_turn(self.name)
+            self.turnstile.hand_over(self.name)
 
     dataset = datasets.Dataset.from_dict({"index": list(range(plan.train_batch * plan.train_steps))})
     step_seconds = {name: [] for name in contestants}
@@ -761,6 +764,7 @@ def bench_training(plan: Plan, table: Table) -> dict:
         for round_index in range(plan.train_rounds):
             names = list(contestants) if round_index % 2 == 0 else list(contestants)[::-1]
             turnstile, trainers = Turnstile(names), {}
+            timers = {name: LockstepStepTimer(name, turnstile) for name in names}
             for name in names:
                 model, points = contestants[name]
                 args = SFTConfig(
@@ -770,12 +774,10 @@ def bench_training(plan: Plan, table: Table) -> dict:
                     dataset_kwargs={"skip_prepare_dataset": True}, disable_tqdm=True, seed=0,
                 )  # fmt: skip
                 trainers[name] = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                            data_collator=collator_for(points),
-                                            callbacks=[LockstepStepTimer(name, turnstile)])  # fmt: skip
+                                            data_collator=collator_for(points), callbacks=[timers[name]])  # fmt: skip
                 trainers[name].remove_callback(PrinterCallback)  # no log lines in the middle of the table
             run_in_lockstep({name: trainer.train for name, trainer in trainers.items()}, turnstile)
-            for name, trainer in trainers.items():
-                timer = next(c for c in trainer.callback_handler.callbacks if isinstance(c, LockstepStepTimer))
+            for name, timer in timers.items():
                 step_seconds[name].extend(timer.seconds[1:])  # each run's first step builds the optimizer state
     hf_logging.set_verbosity(verbosity)
     steps_per_s = {name: 1 / median(seconds) for name, seconds in step_seconds.items()}
